@@ -1,0 +1,121 @@
+"""The `gradop` command: the released `run.py`'s flags and defaults, plus every knob of the pipeline.
+
+    gradop --img_path input-images/castle.png --prompt "a photo of a castle by a lake" --method gradop+
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+METHODS = ("gradop+", "gradop", "sdedit", "text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gradop", description="Scribble-guided image synthesis (GradOP, GradOP+, SDEdit).")
+    released = p.add_argument_group("as in the released run.py")
+    released.add_argument("--method", choices=METHODS, default="gradop+")
+    released.add_argument("--img_path", help="the stroke painting (required except for --method text)")
+    released.add_argument("--prompt", help="what the image should show (default: the painting's prompt from "
+                                           "input-images/manifest.json when it is listed there)")
+    released.add_argument("--seed", type=int, default=0)
+    released.add_argument("--strength", type=float, default=0.8)
+    released.add_argument("--num_iterative_steps", type=int, default=3)
+    released.add_argument("--grad_steps_per_iter", type=int, default=12)
+    more = p.add_argument_group("gradop's additions")
+    more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4), tiny (random test model), a hub id or a folder")
+    more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, lms, unipc, ddpm")
+    more.add_argument("--steps", type=int, default=50, help="denoising steps")
+    more.add_argument("--guidance-scale", type=float, default=7.5)
+    more.add_argument("--negative-prompt", default=None)
+    more.add_argument("--num-images", type=int, default=1)
+    more.add_argument("--height", type=int, default=None)
+    more.add_argument("--width", type=int, default=None)
+    more.add_argument("--device", default="auto")
+    more.add_argument("--dtype", default="auto", help="auto (fp16 on a GPU, fp32 on the CPU), fp32, fp16, bf16")
+    more.add_argument("--output", default=None, help="output PNG path (default: outputs/<painting>_<method>_seed<seed>.png); "
+                                                      "several images get _0, _1, ... before the suffix")
+    return p
+
+
+def default_prompt(img_path: Path) -> str | None:
+    """The prompt the manifest beside a painting gives for it, if any."""
+    import json
+
+    manifest = img_path.parent / "manifest.json"
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text())
+        return entries.get(img_path.name, {}).get("prompt")
+    return None
+
+
+def output_paths(args, count: int) -> list[Path]:
+    if args.output:
+        out = Path(args.output)
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"--output must end in .png, got '{args.output}'")
+    else:
+        stem = Path(args.img_path).stem if args.img_path else "text"
+        out = Path("outputs") / f"{stem}_{args.method.replace('+', 'plus')}_seed{args.seed}.png"
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+
+
+def save_atomically(image, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args) -> list[Path]:
+    from .models import load_pipeline
+
+    if args.method != "text" and not args.img_path:
+        raise ValueError(f"--img_path is required for --method {args.method}")
+    prompt = args.prompt or (default_prompt(Path(args.img_path)) if args.img_path else None)
+    if prompt is None:
+        raise ValueError("--prompt is required (the painting is not listed in a manifest.json beside it)")
+    paths = output_paths(args, args.num_images)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
+                  num_images_per_prompt=args.num_images, height=args.height, width=args.width, generator=generator)
+    if args.method == "gradop+":
+        out = pipe.gradop_plus(prompt, args.img_path, args.strength, args.num_iterative_steps, args.grad_steps_per_iter, **common)
+    elif args.method == "gradop":
+        out = pipe.gradop(prompt, args.img_path, args.strength, args.grad_steps_per_iter * max(args.num_iterative_steps, 1), **common)
+    elif args.method == "sdedit":
+        out = pipe.sdedit(prompt, args.img_path, args.strength, **common)
+    else:
+        out = pipe.text2img(prompt, **common)
+    for image, path in zip(out.images, paths):
+        save_atomically(image, path)
+        print(f"wrote {path}")
+    return paths
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .models import ModelUnavailableError
+
+    try:
+        run(args)
+    except (ValueError, TypeError) as err:
+        print(f"gradop: error: {err}", file=sys.stderr)
+        return 2
+    except ModelUnavailableError as err:
+        print(f"gradop: {err}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,117 @@
+"""Turning whatever the user hands us into an RGB PIL image, with clear errors.
+
+Real stroke paintings arrive as PNGs with alpha, palettes, 16-bit greys, CMYK JPEGs, numpy
+arrays or tensors. Everything becomes 8-bit RGB here, once, so the pipeline never sees odd modes.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+MAX_SIDE = 4096  # larger images exhaust memory long before they finish; refuse them up front
+
+
+def load_image(image, name: str = "image") -> PIL.Image.Image:
+    """Return `image` (a path, PIL image, HxW[xC] array or [C,H,W] tensor) as an RGB PIL image.
+
+    Transparent pixels are composited on white (a painting's empty canvas); 16-bit and float
+    greys are rescaled to 8 bits. Raises `ValueError`/`TypeError` naming `name` otherwise.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = _open(Path(image), name)
+    elif isinstance(image, np.ndarray):
+        image = _from_array(image, name)
+    elif isinstance(image, torch.Tensor):
+        if image.ndim == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+            raise ValueError(f"{name}: a tensor image must be [C, H, W] with C in 1, 3, 4 and values in [0, 1]; "
+                             f"got shape {tuple(image.shape)}")
+        image = _from_array(image.detach().float().cpu().permute(1, 2, 0).numpy(), name)
+    elif not isinstance(image, PIL.Image.Image):
+        raise TypeError(f"{name} must be a file path, PIL image, numpy array or torch tensor, "
+                        f"got {type(image).__name__}")
+    return _to_rgb(image, name)
+
+
+def _open(path: Path, name: str) -> PIL.Image.Image:
+    if not path.is_file():
+        raise ValueError(f"{name}: no file at '{path}'; check the path")
+    try:
+        image = PIL.Image.open(path)
+        image.load()
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{name}: '{path}' is not an image that can be read ({err}); "
+                         "pass a PNG or JPEG painting") from None
+    return image
+
+
+def _from_array(array: np.ndarray, name: str) -> PIL.Image.Image:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"{name}: an array image must be HxW, HxWx3 or HxWx4; got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.asarray(array, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name}: the array contains NaN or infinite values")
+        if array.min() < 0 or array.max() > 1:
+            raise ValueError(f"{name}: float arrays must hold values in [0, 1], got "
+                             f"[{array.min():.3g}, {array.max():.3g}]; pass uint8 for 0..255 data")
+        array = np.round(array * 255).astype(np.uint8)
+    return PIL.Image.fromarray(array)
+
+
+def _to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit greys span 0..65535; float greys are taken as [0, 1] when they fit there
+        scale = 255 / 65535 if values.max(initial=0) > 255 else (255 if mode == "F" and values.max(initial=0) <= 1 else 1)
+        grey = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(grey).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{name}: image mode '{mode}' cannot be converted to RGB ({err}); "
+                         "save the painting as an RGB PNG") from None
+
+
+def check_side(value, name: str, factor: int) -> int:
+    """Validate an explicit `height`/`width` and round it down to a multiple of the VAE factor."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
+    if not factor <= value <= MAX_SIDE:
+        raise ValueError(f"{name} must be between {factor} (one latent pixel) and {MAX_SIDE}, got {value}")
+    return round_to_factor(int(value), name, factor)
+
+
+def round_to_factor(side: int, name: str, factor: int) -> int:
+    if side % factor:
+        warnings.warn(f"{name} {side} is not a multiple of the VAE factor {factor}; "
+                      f"using {side - side % factor}", stacklevel=4)
+    return side - side % factor
+
+
+def output_size(image: PIL.Image.Image, height, width, factor: int, name: str = "image") -> tuple[int, int]:
+    """(height, width) of the output: explicit values, else the image's own size, as multiples of `factor`."""
+    w, h = image.size
+    if min(w, h) < factor:
+        raise ValueError(f"{name} is {w}x{h}, smaller than one latent pixel; "
+                         f"use an image at least {factor}x{factor} pixels")
+    if max(w, h) > MAX_SIDE:
+        raise ValueError(f"{name} is {w}x{h}; the largest supported side is {MAX_SIDE} pixels, resize it first")
+    height = check_side(height, "height", factor) if height is not None else round_to_factor(h, f"{name} height", factor)
+    width = check_side(width, "width", factor) if width is not None else round_to_factor(w, f"{name} width", factor)
+    return height, width

@@ -1,0 +1,103 @@
+"""Loading a pipeline by name: Stable Diffusion (hub id or folder), or the tiny random test model."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+SD_V1_4 = "CompVis/stable-diffusion-v1-4"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model cannot be loaded on this machine (offline, not downloaded, ...)."""
+
+
+def resolve_device(device=None) -> torch.device:
+    """`None`/"auto": CUDA when present, else Apple's MPS, else the CPU."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """`None`/"auto": fp16 on a GPU, fp32 on the CPU (where fp16 is slow); or a name / torch dtype."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str = "ddim", verbose: bool = True):
+    """A ready `GradOPPipeline`.
+
+    Args:
+        model: ``"auto"`` (Stable Diffusion v1.4 from the local cache, or downloaded when online),
+            ``"tiny"`` (random weights, for tests: outputs are noise), a local pipeline folder or a hub id.
+        device, dtype: see `resolve_device`, `resolve_dtype`.
+        scheduler: a name from `gradop.schedulers.SCHEDULERS`; ``"ddim"`` is the released configuration.
+        verbose: print which model was loaded.
+    """
+    from .pipeline import GradOPPipeline
+    from .testing import tiny_pipeline
+
+    if not isinstance(model, str) or not model:
+        raise TypeError(f"model must be 'auto', 'tiny', a folder or a hub id, got {model!r}")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if model == "tiny":
+        pipe, said = tiny_pipeline(scheduler=scheduler), "tiny (random weights for testing: outputs are noise)"
+    elif model == "auto":
+        pipe, said = _load_stable_diffusion(dtype, scheduler), f"{SD_V1_4} (Stable Diffusion v1.4)"
+    else:
+        if not Path(model).is_dir() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+            raise ValueError(f"model: '{model}' is not a folder, and not a hub id of the form 'owner/name'; "
+                             "use 'auto', 'tiny', a pipeline folder or a hub id")
+        try:
+            pipe = GradOPPipeline.from_pretrained(model, torch_dtype=dtype, scheduler=scheduler,
+                                                  local_files_only=_offline() or Path(model).is_dir())
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise ModelUnavailableError(f"could not load model '{model}': {err}") from None
+        said = model
+    pipe = pipe.to(device=device, dtype=dtype)
+    pipe.model_name = said
+    if verbose:
+        print(f"gradop: model {said} on {device} ({str(dtype).replace('torch.', '')})", file=sys.stderr)
+    return pipe
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _load_stable_diffusion(dtype, scheduler):
+    from .pipeline import GradOPPipeline
+
+    attempts = [True] if _offline() else [True, False]  # the local cache first, then the Hub
+    last = None
+    for local_only in attempts:
+        try:
+            return GradOPPipeline.from_pretrained(SD_V1_4, torch_dtype=dtype, scheduler=scheduler,
+                                                  local_files_only=local_only)
+        except Exception as err:  # noqa: BLE001 — any failure here means "not available", reported below
+            last = err
+    raise ModelUnavailableError(
+        f"Stable Diffusion v1.4 ({SD_V1_4}) is not available here: not in the local Hugging Face cache"
+        + (" and HF_HUB_OFFLINE is set" if _offline() else " and it could not be downloaded")
+        + f" ({type(last).__name__}). Download it once online (about 4 GB), pass a local pipeline folder "
+        "with --model, or try the pipeline with --model tiny (random weights)."
+    )
