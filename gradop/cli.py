@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     released.add_argument("--grad_steps_per_iter", type=int, default=12)
     more = p.add_argument_group("gradop's additions")
     more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4), tiny (random test model), a hub id or a folder")
-    more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, lms, unipc, ddpm")
+    more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, unipc, ddpm")
     more.add_argument("--steps", type=int, default=50, help="denoising steps")
     more.add_argument("--guidance-scale", type=float, default=7.5)
     more.add_argument("--negative-prompt", default=None)
