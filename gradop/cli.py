@@ -80,7 +80,10 @@ def save_atomically(image, path: Path) -> None:
 
 
 def run(args) -> list[Path]:
-    from .models import load_pipeline
+    from . import checks
+    from .images import load_image
+    from .models import load_pipeline, resolve_device, resolve_dtype
+    from .schedulers import make_scheduler
 
     if args.method != "text" and not args.img_path:
         raise ValueError(f"--img_path is required for --method {args.method}")
@@ -88,6 +91,17 @@ def run(args) -> list[Path]:
     if prompt is None:
         raise ValueError("--prompt is required (the painting is not listed in a manifest.json beside it)")
     paths = output_paths(args, args.num_images)
+    # Fail fast on bad input, before a model that may take minutes to load
+    if args.img_path:
+        load_image(args.img_path, "--img_path")
+    checks.check_fraction(args.strength, "strength")
+    checks.check_count(args.steps, "num_inference_steps", 1)
+    checks.check_count(args.num_images, "num_images_per_prompt", 1)
+    checks.check_count(args.num_iterative_steps, "num_iterative_steps")
+    checks.check_count(args.grad_steps_per_iter, "grad_steps_per_iter")
+    checks.check_guidance(args.guidance_scale)
+    resolve_dtype(args.dtype, resolve_device(args.device))
+    make_scheduler(args.scheduler)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,

@@ -73,7 +73,7 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
         except (OSError, ValueError, EnvironmentError) as err:
             raise ModelUnavailableError(f"could not load model '{model}': {err}") from None
         said = model
-    pipe = pipe.to(device=device, dtype=dtype)
+    pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
     pipe.model_name = said
     if verbose:
         print(f"gradop: model {said} on {device} ({str(dtype).replace('torch.', '')})", file=sys.stderr)

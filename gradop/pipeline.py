@@ -6,8 +6,6 @@ guidance, a start latent (noised zeros, or an encoded image noised to `strength`
 to the loop: after chosen steps, the current latent is pulled toward the user's strokes by
 gradient descent through the decoder, then re-noised to the current level (method.md §3).
 """
-from __future__ import annotations
-
 import inspect
 import warnings
 from dataclasses import dataclass, field
@@ -16,10 +14,11 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import checks
 from .images import check_side, load_image, output_size
@@ -79,7 +78,8 @@ class GradOPPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -427,9 +427,9 @@ class GradOPPipeline(DiffusionPipeline):
             texts = checks.check_negative_prompts(negative_prompt, len(prompts)) + prompts
         max_length = self.tokenizer.model_max_length
         for text in prompts:
-            ids = self.tokenizer(text, truncation=False).input_ids
-            if len(ids) > max_length:
-                dropped = self.tokenizer.decode(ids[max_length - 1:-1])
+            tokens = self.tokenizer.tokenize(text)  # without start/end tokens, which take 2 of the max_length places
+            if len(tokens) > max_length - 2:
+                dropped = self.tokenizer.convert_tokens_to_string(tokens[max_length - 2:])
                 warnings.warn(f"prompt is longer than the tokenizer's {max_length} tokens and was truncated; "
                               f"dropped: {dropped!r}", stacklevel=3)
         ids = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,

@@ -1,0 +1,85 @@
+"""The `gradop` command: runs, errors without tracebacks (exit 2), atomic outputs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+from conftest import draw_painting
+
+from gradop.cli import main
+
+TINY = ["--model", "tiny", "--steps", "6", "--num_iterative_steps", "1", "--grad_steps_per_iter", "2"]
+
+
+@pytest.fixture
+def stroke(tmp_path):
+    path = tmp_path / "stroke.png"
+    draw_painting(64, 48).save(path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["gradop+", "gradop", "sdedit", "text"])
+def test_methods_write_pngs(tmp_path, stroke, method, capsys):
+    out = tmp_path / "out" / "result.png"
+    assert main(TINY + ["--method", method, "--img_path", str(stroke), "--prompt", "a castle", "--output", str(out),
+                        "--num-images", "2", "--height", "32", "--width", "40", "--strength", "0.5"]) == 0
+    printed = capsys.readouterr()
+    paths = [tmp_path / "out" / "result_0.png", tmp_path / "out" / "result_1.png"]
+    assert all(PIL.Image.open(p).size == (40, 32) for p in paths)
+    assert all(f"wrote {p}" in printed.out for p in paths)
+    assert "random weights" in printed.err
+    assert sorted(os.listdir(tmp_path / "out")) == ["result_0.png", "result_1.png"]  # no temporary files left
+
+
+def test_default_output_and_manifest_prompt(tmp_path, stroke, monkeypatch, capsys):
+    (stroke.parent / "manifest.json").write_text('{"stroke.png": {"prompt": "a castle by a lake"}}')
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY + ["--img_path", str(stroke)]) == 0
+    assert (tmp_path / "outputs" / "stroke_gradopplus_seed0.png").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--img_path", "missing.png", "--prompt", "a"], "no file at 'missing.png'"),
+    (["--img_path", "{stroke}", "--prompt", ""], "prompt"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--strength", "1.5"], "strength must be in [0, 1]"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--steps", "0"], "num_inference_steps must be >= 1"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--grad_steps_per_iter", "-2"], "grad_steps_per_iter must be >= 0"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--guidance-scale", "-1"], "guidance_scale"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--scheduler", "karras"], "scheduler must be one of"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--dtype", "fp8"], "dtype must be"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--output", "x.jpg"], "--output must end in .png"),
+    (["--prompt", "a"], "--img_path is required"),
+])
+def test_user_errors_exit_2_without_traceback_or_file(tmp_path, stroke, capsys, args, message):
+    out = tmp_path / "o.png"
+    argv = TINY + [a.replace("{stroke}", str(stroke)) for a in args]
+    if "--output" not in argv:
+        argv += ["--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("gradop: error:") and message in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".o.png.*"))
+
+
+def test_console_script_and_module_in_a_subprocess(tmp_path, stroke):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for cmd in (["gradop"], [sys.executable, "-m", "gradop"]):
+        done = subprocess.run(cmd + ["--img_path", str(stroke), "--prompt", "a", "--strength", "2"],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 2 and "strength must be in [0, 1]" in done.stderr and "Traceback" not in done.stderr
+    out = tmp_path / "sub.png"
+    done = subprocess.run([sys.executable, "-m", "gradop", *TINY, "--img_path", str(stroke), "--prompt", "a fox",
+                           "--output", str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stdout and PIL.Image.open(out).size == (64, 48)
+
+
+def test_auto_without_stable_diffusion_is_a_clear_message(tmp_path, stroke, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert main(["--img_path", str(stroke), "--prompt", "a", "--output", str(tmp_path / "a.png")]) == 3
+    err = capsys.readouterr().err
+    assert "Stable Diffusion v1.4" in err and "--model tiny" in err and "Traceback" not in err
+    assert not (tmp_path / "a.png").exists()

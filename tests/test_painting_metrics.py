@@ -1,0 +1,46 @@
+"""Painting functions and the faithfulness metric against hand-computed values."""
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from test_reproduction import hand_blur
+
+from gradop.metrics import painting_distance
+from gradop.painting import GaussianBlur, dominant_colors
+
+
+def test_gaussian_blur_is_the_released_kernel():
+    x = torch.rand(2, 3, 48, 40)
+    torch.testing.assert_close(GaussianBlur()(x), hand_blur(x), atol=1e-5, rtol=0)
+
+
+def test_gaussian_blur_fits_small_images():
+    x = torch.rand(1, 3, 8, 12)  # reflect padding of 17 would not fit: the kernel shrinks to 15
+    r = torch.arange(15, dtype=torch.float32) - 7
+    g = torch.exp(-r**2 / 98)
+    g = g / g.sum()
+    k = (g[:, None] * g[None]).expand(3, 1, 15, 15)
+    torch.testing.assert_close(GaussianBlur()(x), F.conv2d(F.pad(x, (7,) * 4, mode="reflect"), k, groups=3),
+                               atol=1e-5, rtol=0)
+
+
+def test_painting_distance_hand_values():
+    a = PIL.Image.new("RGB", (32, 32), (255, 0, 0))
+    b = PIL.Image.new("RGB", (32, 32), (0, 0, 0))
+    assert painting_distance(a, a) == 0
+    # blur of a constant is the constant: MSE = mean over channels of (1 - 0)^2, (0)^2, (0)^2 = 1/3
+    assert abs(painting_distance(a, b) - 1 / 3) < 1e-6
+    assert abs(painting_distance(a, b.resize((64, 64))) - 1 / 3) < 1e-6  # painting resized to the image
+    noisy = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    grey = PIL.Image.new("RGB", (32, 32), (128, 128, 128))
+    # blurring removes most of the noise: the painting distance is far below the pixel MSE
+    pixel_mse = ((np.asarray(noisy) / 255 - 128 / 255) ** 2).mean()
+    assert painting_distance(noisy, grey) < 0.1 * pixel_mse
+
+
+def test_dominant_colors_shares():
+    img = np.zeros((3, 10, 10), np.float32)
+    img[0, :, :7] = 1.0  # 70 % red, 30 % black
+    colors, shares = dominant_colors(torch.from_numpy(img), max_colors=3)
+    assert colors[0].tolist() == [1, 0, 0] and colors[1].tolist() == [0, 0, 0]
+    assert torch.allclose(shares, torch.tensor([0.7, 0.3])) and colors.shape == (3, 3)
