@@ -68,7 +68,7 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
             raise ValueError(f"model: '{model}' is not a folder, and not a hub id of the form 'owner/name'; "
                              "use 'auto', 'tiny', a pipeline folder or a hub id")
         try:
-            pipe = GradOPPipeline.from_pretrained(model, torch_dtype=dtype, scheduler=scheduler,
+            pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler,
                                                   local_files_only=_offline() or Path(model).is_dir())
         except (OSError, ValueError, EnvironmentError) as err:
             raise ModelUnavailableError(f"could not load model '{model}': {err}") from None
@@ -91,7 +91,7 @@ def _load_stable_diffusion(dtype, scheduler):
     last = None
     for local_only in attempts:
         try:
-            return GradOPPipeline.from_pretrained(SD_V1_4, torch_dtype=dtype, scheduler=scheduler,
+            return GradOPPipeline.from_pretrained(SD_V1_4, dtype=dtype, scheduler=scheduler,
                                                   local_files_only=local_only)
         except Exception as err:  # noqa: BLE001 — any failure here means "not available", reported below
             last = err

@@ -539,7 +539,7 @@ class GradOPPipeline(DiffusionPipeline):
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0].float()
             if not torch.isfinite(decoded).all():
                 raise FloatingPointError("the decoded image contains NaN/inf (half precision overflow?); "
-                                         "run with torch_dtype=torch.float32 or torch.bfloat16")
+                                         "load the models in dtype=torch.float32 or torch.bfloat16")
             images = self.image_processor.postprocess(decoded, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
