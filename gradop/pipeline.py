@@ -258,7 +258,7 @@ class GradOPPipeline(DiffusionPipeline):
         num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
         batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
-        self._check_optimisation(lr, "x0")
+        checks.check_positive(lr, "lr")
         paintings, height, width = self._prepare_images(image, prompt, num_images_per_prompt, height, width)
         target = (paintings + 1) / 2
         painting_fn = get_painting_function(painting_function, target)
@@ -281,26 +281,7 @@ class GradOPPipeline(DiffusionPipeline):
         # 5. Decode
         return self._finish(latents, output_type, return_dict, history, [])
 
-    @torch.no_grad()
-    def sdedit(
-        self,
-        prompt: str | list[str],
-        image,
-        strength: float = 0.8,
-        *,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
-    ):
+    def sdedit(self, prompt: str | list[str], image, strength: float = 0.8, **kwargs):
         r"""
         SDEdit (diffusers' img2img): encode the painting, noise it to `strength`, denoise with the prompt.
         The same computation as `StableDiffusionImg2ImgPipeline` for the same components, scheduler and seed.
@@ -308,14 +289,11 @@ class GradOPPipeline(DiffusionPipeline):
         Args:
             strength (`float`, *optional*, defaults to 0.8): how much noise is added; the last
                 `int(n * strength)` of the `n` steps run. 0 returns the VAE's reconstruction.
-            Everything else as in [`~GradOPPipeline.gradop_plus`].
+            **kwargs: `height`, `width`, `num_inference_steps`, `guidance_scale`, `negative_prompt`,
+                `num_images_per_prompt`, `eta`, `generator`, `output_type`, `return_dict`,
+                `callback_on_step_end`, `callback_on_step_end_tensor_inputs`, as in [`~GradOPPipeline.gradop_plus`].
         """
-        return self.loopback(prompt, image, strength, 1, height=height, width=width,
-                             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                             negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt, eta=eta,
-                             generator=generator, output_type=output_type, return_dict=return_dict,
-                             callback_on_step_end=callback_on_step_end,
-                             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        return self.loopback(prompt, image, strength, 1, **kwargs)
 
     @torch.no_grad()
     def loopback(
@@ -340,7 +318,8 @@ class GradOPPipeline(DiffusionPipeline):
     ):
         r"""
         Loopback: SDEdit applied `num_loops` times, each time to the decoded (clamped) output of the last.
-        `num_loops=1` is exactly [`~GradOPPipeline.sdedit`].
+        `num_loops=1` is exactly [`~GradOPPipeline.sdedit`]; `strength` as there, applied in every loop.
+        Everything else as in [`~GradOPPipeline.gradop_plus`].
         """
         # 1. Check inputs
         strength = checks.check_fraction(strength, "strength")
