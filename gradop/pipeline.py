@@ -194,7 +194,7 @@ class GradOPPipeline(DiffusionPipeline):
         batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
         self._check_optimisation(lr, optimize_target)
-        paintings, height, width = self._prepare_images(image, prompt, num_images_per_prompt, height, width)
+        paintings, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
         target = (paintings + 1) / 2  # y in [0, 1]
         guide = _PaintingGuide(
             target=target, painting_function=get_painting_function(painting_function, target),
@@ -259,7 +259,7 @@ class GradOPPipeline(DiffusionPipeline):
         batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
         checks.check_positive(lr, "lr")
-        paintings, height, width = self._prepare_images(image, prompt, num_images_per_prompt, height, width)
+        paintings, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
         target = (paintings + 1) / 2
         painting_fn = get_painting_function(painting_function, target)
         embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
@@ -327,7 +327,7 @@ class GradOPPipeline(DiffusionPipeline):
         num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
         batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
-        images, _, _ = self._prepare_images(image, prompt, num_images_per_prompt, height, width, expand=False)
+        images, _, _ = self._prepare_images(image, batch, num_images_per_prompt, height, width, expand=False)
 
         # 2. Encode the prompt
         embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
@@ -551,19 +551,20 @@ class GradOPPipeline(DiffusionPipeline):
             raise ValueError(f"{type(self.scheduler).__name__} takes {self.scheduler.order} model evaluations per step; "
                              "GradOP+ needs a one-evaluation scheduler: use scheduler 'ddim', 'pndm', 'dpm', 'euler' ...")
 
-    def _prepare_images(self, image, prompt, num_images_per_prompt, height, width, expand=True):
+    def _prepare_images(self, image, batch, num_images_per_prompt, height, width, expand=True):
         """Images as `[-1, 1]` tensors at the output size; one per prompt, or one for all.
 
-        With `expand`, each prompt's image is repeated `num_images_per_prompt` times to match the batch.
+        `batch` is the checked prompts x `num_images_per_prompt`. With `expand`, each prompt's image
+        is repeated `num_images_per_prompt` times to match the batch.
         """
-        prompts = checks.check_prompts(prompt)
+        num_prompts = batch // num_images_per_prompt
         if isinstance(image, torch.Tensor) and image.ndim == 4:
             image = list(image)
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         if not images:
             raise ValueError("image must not be an empty list")
-        if len(images) not in (1, len(prompts)):
-            raise ValueError(f"image has {len(images)} entries but prompt has {len(prompts)}; "
+        if len(images) not in (1, num_prompts):
+            raise ValueError(f"image has {len(images)} entries but prompt has {num_prompts}; "
                              "give one image for all prompts or one per prompt")
         names = ["image"] if len(images) == 1 else [f"image[{i}]" for i in range(len(images))]
         pils = [load_image(im, name) for im, name in zip(images, names)]
@@ -572,5 +573,5 @@ class GradOPPipeline(DiffusionPipeline):
             output_size(pil, height, width, self.vae_scale_factor, name)  # size limits only
         tensor = self.image_processor.preprocess(pils, height=height, width=width).to(self._execution_device)
         if expand:
-            tensor = tensor.repeat_interleave(len(prompts) * num_images_per_prompt // len(tensor), dim=0)
+            tensor = tensor.repeat_interleave(batch // len(tensor), dim=0)
         return tensor, height, width
