@@ -83,3 +83,11 @@ def check_callback(callback, tensor_inputs, allowed) -> None:
     unknown = [k for k in tensor_inputs if k not in allowed]
     if unknown:
         raise ValueError(f"callback_on_step_end_tensor_inputs may only name {list(allowed)}, got {unknown}")
+
+
+def check_finite(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--width", type=int, default=None)
     more.add_argument("--device", default="auto")
     more.add_argument("--dtype", default="auto", help="auto (fp16 on a GPU, fp32 on the CPU), fp32, fp16, bf16")
+    more.add_argument("--region", action="append", metavar="COLOUR=PHRASE[:WEIGHT]",
+                      help="what a painted colour becomes, e.g. --region '#2a7a2a=forest' --region '#3060c0=lake'; "
+                           "the phrase must be in the prompt; a negative WEIGHT keeps the phrase out of the region")
+    more.add_argument("--region-weight", type=float, default=0.4, help="strength of the region binding (0.1-1 is usual)")
+    more.add_argument("--region-step-fraction", type=float, default=1.0,
+                      help="the binding applies during this first fraction of the steps")
     more.add_argument("--output", default=None, help="output PNG path (default: outputs/<painting>_<method>_seed<seed>.png); "
                                                       "several images get _0, _1, ... before the suffix")
     return p
@@ -51,6 +57,24 @@ def default_prompt(img_path: Path) -> str | None:
         entries = json.loads(manifest.read_text())
         return entries.get(img_path.name, {}).get("prompt")
     return None
+
+
+def parse_region_flags(flags) -> dict:
+    """['#2a7a2a=forest', '#3060c0=lake:-0.5'] -> {'#2a7a2a': 'forest', '#3060c0': ('lake', -0.5)}."""
+    regions = {}
+    for flag in flags or []:
+        color, sep, phrase = flag.partition("=")
+        if not sep or not color.strip() or not phrase.strip():
+            raise ValueError(f"--region must look like '#2a7a2a=forest' (or '#2a7a2a=forest:0.5' with a weight), got {flag!r}")
+        head, colon, tail = phrase.rpartition(":")
+        if colon:
+            try:
+                regions[color.strip()] = (head, float(tail))
+            except ValueError:
+                raise ValueError(f"--region {flag!r}: the weight after ':' must be a number, got {tail!r}") from None
+        else:
+            regions[color.strip()] = phrase
+    return regions
 
 
 def output_paths(args, count: int) -> list[Path]:
@@ -83,6 +107,7 @@ def run(args) -> list[Path]:
     from . import checks
     from .images import load_image
     from .models import load_pipeline, resolve_device, resolve_dtype
+    from .regions import parse_regions
     from .schedulers import make_scheduler
 
     if args.method != "text" and not args.img_path:
@@ -100,12 +125,20 @@ def run(args) -> list[Path]:
     checks.check_count(args.num_iterative_steps, "num_iterative_steps")
     checks.check_count(args.grad_steps_per_iter, "grad_steps_per_iter")
     checks.check_guidance(args.guidance_scale)
+    regions = parse_region_flags(args.region)
+    parse_regions(regions)
+    checks.check_finite(args.region_weight, "--region-weight")
+    checks.check_fraction(args.region_step_fraction, "--region-step-fraction")
+    if regions and not args.img_path:
+        raise ValueError("--region needs --img_path: the painting whose colours the regions name")
     resolve_dtype(args.dtype, resolve_device(args.device))
     make_scheduler(args.scheduler)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
-                  num_images_per_prompt=args.num_images, height=args.height, width=args.width, generator=generator)
+                  num_images_per_prompt=args.num_images, height=args.height, width=args.width, generator=generator,
+                  regions=regions or None, region_weight=args.region_weight,
+                  region_step_fraction=args.region_step_fraction)
     if args.method == "gradop+":
         out = pipe.gradop_plus(prompt, args.img_path, args.strength, args.num_iterative_steps, args.grad_steps_per_iter, **common)
     elif args.method == "gradop":
@@ -113,7 +146,7 @@ def run(args) -> list[Path]:
     elif args.method == "sdedit":
         out = pipe.sdedit(prompt, args.img_path, args.strength, **common)
     else:
-        out = pipe.text2img(prompt, **common)
+        out = pipe.text2img(prompt, region_image=args.img_path if regions else None, **common)
     for image, path in zip(out.images, paths):
         save_atomically(image, path)
         print(f"wrote {path}")

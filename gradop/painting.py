@@ -15,6 +15,8 @@ from typing import Callable
 import kornia
 import torch
 
+from .regions import extract_palette, parse_color
+
 PaintingFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -61,24 +63,18 @@ class MedianPalette:
         return (weights @ palette).transpose(1, 2).reshape(images.shape)
 
 
-def dominant_colors(painting: torch.Tensor, max_colors: int = 8, levels: int = 16):
-    """The `max_colors` most common colours of a [3, H, W] painting and their pixel shares.
+def dominant_colors(painting: torch.Tensor, max_colors: int = 8):
+    """The `max_colors` dominant stroke colours of a [3, H, W] painting in [0, 1], and their pixel shares.
 
-    Colours are binned on a `levels`^3 grid so anti-aliasing fringe does not split a stroke
-    colour; each colour is the mean of its bin. Fewer distinct colours are padded by repeating
-    the first, so palettes of a batch stack.
+    See `gradop.regions.extract_palette` (anti-aliasing fringe is not a colour). Fewer colours are
+    padded by repeating the first, so the palettes of a batch stack.
     """
-    pixels = painting.detach().float().flatten(1).T.clamp(0, 1)  # [HW, 3]
-    bins = (pixels * (levels - 1)).round().long()
-    keys = (bins[:, 0] * levels + bins[:, 1]) * levels + bins[:, 2]
-    counts = torch.bincount(keys, minlength=levels**3)
-    top = counts.argsort(descending=True)[:max_colors]
-    top = top[counts[top] > 0]
-    colors = torch.stack([pixels[keys == k].mean(0) for k in top])
-    shares = counts[top].float() / len(keys)
+    palette = extract_palette(painting.detach().float().cpu().clamp(0, 1), max_colors)
+    colors = torch.tensor([parse_color(c) for c, _ in palette], dtype=torch.float32) / 255
+    shares = torch.tensor([share for _, share in palette])
     if len(colors) < max_colors:
         colors = torch.cat([colors, colors[:1].expand(max_colors - len(colors), -1)])
-    return colors, shares
+    return colors.to(painting.device), shares
 
 
 PAINTING_FUNCTIONS = ("gaussian", "median_palette")

@@ -8,6 +8,8 @@ gradient descent through the decoder, then re-noised to the current level (metho
 """
 import inspect
 import warnings
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +26,7 @@ from . import checks
 from .images import check_side, load_image, output_size
 from .optimize import frozen, optimize_latents
 from .painting import get_painting_function
+from .regions import AttentionStore, RegionBinding, attention_control, bind_regions
 from .schedulers import make_scheduler
 
 
@@ -84,6 +87,7 @@ class GradOPPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._binding = None  # the region binding of the call in progress, read by `_denoise`
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -137,6 +141,11 @@ class GradOPPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        regions: dict | None = None,
+        region_weight: float = 0.4,
+        region_image=None,
+        region_step_fraction: float = 1.0,
+        attention_store: AttentionStore | None = None,
     ):
         r"""
         GradOP+ (single pass): sample from the text, and after a few early steps pull the latent toward
@@ -175,6 +184,20 @@ class GradOPPipeline(DiffusionPipeline):
                 called after every step; a returned `"latents"` replaces the latents.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): which of `latents`, `prompt_embeds`
                 the callback receives.
+            regions (`dict`, *optional*): what each painted colour becomes, `{"#2a7a2a": "forest"}`, or
+                `{colour: (phrase, weight)}` with a per-region weight ρ (negative keeps the phrase *out* of the
+                region). Phrases must be words of the prompt (else `ValueError`); a colour that covers no pixel is
+                kept with a warning and has no effect. Cross-attention bias on the conditional branch (method.md §4,
+                `gradop.regions`); the original attention processors are restored after the call.
+            region_weight (`float`, *optional*, defaults to 0.4): w', the bias strength
+                η_t = w' log(1 + σ_t) max(QKᵀ/√d); 0 turns it off. 0.1–1 is the usual range.
+            region_image (*optional*): the painting whose colours define the regions (one, or one per prompt);
+                defaults to `image`, and is required by `text2img`. Its masks are resized to the output size
+                (with a warning) when its size differs.
+            region_step_fraction (`float`, *optional*, defaults to 1.0): the bias applies during this first
+                fraction of each denoising pass.
+            attention_store ([`~gradop.regions.AttentionStore`], *optional*): records the conditional branch's
+                per-token cross-attention maps (for figures).
 
         Returns:
             [`GradOPPipelineOutput`] with `.images`, `.loss_history` and `.optimized_timesteps`.
@@ -195,7 +218,9 @@ class GradOPPipeline(DiffusionPipeline):
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
         self._check_optimisation(lr, optimize_target)
         paintings, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
-        target = (paintings + 1) / 2  # y in [0, 1]
+        target = self._expand((paintings + 1) / 2, batch)  # y in [0, 1]
+        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
+                                     prompt, batch, height, width, paintings)
         guide = _PaintingGuide(
             target=target, painting_function=get_painting_function(painting_function, target),
             steps=range(first, first + num_iterative_steps), grad_steps=grad_steps_per_iter, lr=lr,
@@ -205,11 +230,12 @@ class GradOPPipeline(DiffusionPipeline):
         # 2. Encode the prompt (with the unconditional half for classifier-free guidance)
         embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
 
-        # 3. Sample from noised zeros with the painting guide in the loop
-        latents = self._sample_from_noise(
-            embeds, batch, height, width, num_inference_steps, guidance_scale, generator, eta, guide,
-            callback_on_step_end, callback_on_step_end_tensor_inputs,
-        )
+        # 3. Sample from noised zeros with the painting guide in the loop (and any region bias in the attention)
+        with self._region_attention(binding):
+            latents = self._sample_from_noise(
+                embeds, batch, height, width, num_inference_steps, guidance_scale, generator, eta, guide,
+                callback_on_step_end, callback_on_step_end_tensor_inputs,
+            )
 
         # 4. Decode
         return self._finish(latents, output_type, return_dict, guide.history, guide.timesteps)
@@ -239,6 +265,11 @@ class GradOPPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        regions: dict | None = None,
+        region_weight: float = 0.4,
+        region_image=None,
+        region_step_fraction: float = 1.0,
+        attention_store: AttentionStore | None = None,
     ):
         r"""
         GradOP (multi-pass, paper Fig. 2b): (1) draw a text-only sample z_τ; (2) gradient descent on the
@@ -249,7 +280,8 @@ class GradOPPipeline(DiffusionPipeline):
             strength (`float`, *optional*, defaults to 0.6): SDEdit strength of step 3 (its usual meaning).
             grad_steps (`int`, *optional*, defaults to 40): gradient steps of step 2 in each round.
             num_rounds (`int`, *optional*, defaults to 1): repetitions of steps 2–3.
-            Everything else as in [`~GradOPPipeline.gradop_plus`]. `loss_history` holds one tensor per round.
+            Everything else (the region arguments included) as in [`~GradOPPipeline.gradop_plus`].
+            `loss_history` holds one tensor per round.
         """
         # 1. Check inputs
         strength = checks.check_fraction(strength, "strength")
@@ -260,23 +292,26 @@ class GradOPPipeline(DiffusionPipeline):
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
         checks.check_positive(lr, "lr")
         paintings, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
-        target = (paintings + 1) / 2
+        target = self._expand((paintings + 1) / 2, batch)
+        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
+                                     prompt, batch, height, width, paintings)
         painting_fn = get_painting_function(painting_function, target)
         embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
         loop = dict(guidance_scale=guidance_scale, generator=generator, eta=eta, callback=callback_on_step_end,
                     callback_inputs=callback_on_step_end_tensor_inputs)
 
-        # 2. A sample from the target subspace: z_τ = Φ_τ(z_T)
-        latents = self._sample_from_noise(embeds, batch, height, width, num_inference_steps, guide=None, **loop)
-        history = []
-        for _ in range(num_rounds):
-            # 3. Descend toward the painting: z̃ = argmin_z L(f(D(z)), y), starting at z_τ
-            with frozen(self.vae):
-                clean, losses = optimize_latents(latents, target, self._decode_for_loss, painting_fn,
-                                                 grad_steps, lr, optimizer, blur_target)
-            history.append(losses)
-            # 4. Back to the target subspace: SDEdit from z̃
-            latents = self._sdedit_latents(clean.to(latents.dtype), strength, embeds, num_inference_steps, **loop)
+        with self._region_attention(binding):
+            # 2. A sample from the target subspace: z_τ = Φ_τ(z_T)
+            latents = self._sample_from_noise(embeds, batch, height, width, num_inference_steps, guide=None, **loop)
+            history = []
+            for _ in range(num_rounds):
+                # 3. Descend toward the painting: z̃ = argmin_z L(f(D(z)), y), starting at z_τ
+                with frozen(self.vae):
+                    clean, losses = optimize_latents(latents, target, self._decode_for_loss, painting_fn,
+                                                     grad_steps, lr, optimizer, blur_target)
+                history.append(losses)
+                # 4. Back to the target subspace: SDEdit from z̃
+                latents = self._sdedit_latents(clean.to(latents.dtype), strength, embeds, num_inference_steps, **loop)
 
         # 5. Decode
         return self._finish(latents, output_type, return_dict, history, [])
@@ -291,7 +326,8 @@ class GradOPPipeline(DiffusionPipeline):
                 `int(n * strength)` of the `n` steps run. 0 returns the VAE's reconstruction.
             **kwargs: `height`, `width`, `num_inference_steps`, `guidance_scale`, `negative_prompt`,
                 `num_images_per_prompt`, `eta`, `generator`, `output_type`, `return_dict`,
-                `callback_on_step_end`, `callback_on_step_end_tensor_inputs`, as in [`~GradOPPipeline.gradop_plus`].
+                `callback_on_step_end`, `callback_on_step_end_tensor_inputs`, `regions`, `region_weight`,
+                `region_image`, `region_step_fraction`, `attention_store`, as in [`~GradOPPipeline.gradop_plus`].
         """
         return self.loopback(prompt, image, strength, 1, **kwargs)
 
@@ -315,6 +351,11 @@ class GradOPPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        regions: dict | None = None,
+        region_weight: float = 0.4,
+        region_image=None,
+        region_step_fraction: float = 1.0,
+        attention_store: AttentionStore | None = None,
     ):
         r"""
         Loopback: SDEdit applied `num_loops` times, each time to the decoded (clamped) output of the last.
@@ -327,7 +368,9 @@ class GradOPPipeline(DiffusionPipeline):
         num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
         batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
-        images, _, _ = self._prepare_images(image, batch, num_images_per_prompt, height, width, expand=False)
+        images, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
+        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
+                                     prompt, batch, height, width, images)
 
         # 2. Encode the prompt
         embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
@@ -336,11 +379,12 @@ class GradOPPipeline(DiffusionPipeline):
         loop = dict(guidance_scale=guidance_scale, generator=generator, eta=eta, callback=callback_on_step_end,
                     callback_inputs=callback_on_step_end_tensor_inputs)
         latents = self._encode_images(images, batch, generator)
-        for i in range(num_loops):
-            if i:
-                decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-                latents = self._encode_images(decoded.clamp(-1, 1), len(latents), generator)
-            latents = self._sdedit_latents(latents, strength, embeds, num_inference_steps, **loop)
+        with self._region_attention(binding):
+            for i in range(num_loops):
+                if i:
+                    decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+                    latents = self._encode_images(decoded.clamp(-1, 1), len(latents), generator)
+                latents = self._sdedit_latents(latents, strength, embeds, num_inference_steps, **loop)
 
         # 4. Decode
         return self._finish(latents, output_type, return_dict, [], [])
@@ -362,11 +406,17 @@ class GradOPPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        regions: dict | None = None,
+        region_weight: float = 0.4,
+        region_image=None,
+        region_step_fraction: float = 1.0,
+        attention_store: AttentionStore | None = None,
     ):
         r"""
         Text-only samples: the target subspace S_τ = D(Φ_τ(z_T)). As released, sampling starts from an
         all-zero latent noised to the first timestep, so this equals `gradop_plus` with
-        `num_iterative_steps=0`.
+        `num_iterative_steps=0`. With `regions`, `region_image` gives the painting that defines them;
+        everything else as in [`~GradOPPipeline.gradop_plus`].
         """
         # 1. Check inputs
         num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
@@ -375,11 +425,14 @@ class GradOPPipeline(DiffusionPipeline):
         default = self.unet.config.sample_size * self.vae_scale_factor
         height = check_side(default if height is None else height, "height", self.vae_scale_factor)
         width = check_side(default if width is None else width, "width", self.vae_scale_factor)
+        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
+                                     prompt, batch, height, width)
 
         # 2. Encode the prompt; 3. sample; 4. decode
         embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
-        latents = self._sample_from_noise(embeds, batch, height, width, num_inference_steps, guidance_scale,
-                                          generator, eta, None, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        with self._region_attention(binding):
+            latents = self._sample_from_noise(embeds, batch, height, width, num_inference_steps, guidance_scale, generator,
+                                              eta, None, callback_on_step_end, callback_on_step_end_tensor_inputs)
         return self._finish(latents, output_type, return_dict, [], [])
 
     # ------------------------------------------------------------------ the released pipeline's names
@@ -446,8 +499,11 @@ class GradOPPipeline(DiffusionPipeline):
         """The one sampling loop: UNet with classifier-free guidance, scheduler step, optional painting guide."""
         do_cfg = guidance_scale > 1
         step_kwargs = self._step_kwargs(generator, eta)
+        binding = self._binding
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
+                if binding is not None:
+                    binding.start_step(i, len(timesteps), t)  # sets this step's η_t for the attention processors
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 noise_pred = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
@@ -551,11 +607,10 @@ class GradOPPipeline(DiffusionPipeline):
             raise ValueError(f"{type(self.scheduler).__name__} takes {self.scheduler.order} model evaluations per step; "
                              "GradOP+ needs a one-evaluation scheduler: use scheduler 'ddim', 'pndm', 'dpm', 'euler' ...")
 
-    def _prepare_images(self, image, batch, num_images_per_prompt, height, width, expand=True):
-        """Images as `[-1, 1]` tensors at the output size; one per prompt, or one for all.
+    def _prepare_images(self, image, batch, num_images_per_prompt, height, width):
+        """Images as `[-1, 1]` tensors at the output size; one per prompt, or one for all (see `_expand`).
 
-        `batch` is the checked prompts x `num_images_per_prompt`. With `expand`, each prompt's image
-        is repeated `num_images_per_prompt` times to match the batch.
+        `batch` is the checked prompts x `num_images_per_prompt`.
         """
         num_prompts = batch // num_images_per_prompt
         if isinstance(image, torch.Tensor) and image.ndim == 4:
@@ -572,6 +627,45 @@ class GradOPPipeline(DiffusionPipeline):
         for pil, name in zip(pils[1:], names[1:]):
             output_size(pil, height, width, self.vae_scale_factor, name)  # size limits only
         tensor = self.image_processor.preprocess(pils, height=height, width=width).to(self._execution_device)
-        if expand:
-            tensor = tensor.repeat_interleave(batch // len(tensor), dim=0)
         return tensor, height, width
+
+    @staticmethod
+    def _expand(tensor, batch):
+        """One row per image of the batch: each prompt's row repeated (or the single row for all)."""
+        return tensor.repeat_interleave(batch // len(tensor), dim=0)
+
+    def _bind_regions(self, regions, region_weight, region_image, step_fraction, store, prompt, batch, height, width,
+                      paintings=None) -> RegionBinding | None:
+        """The region binding of one call: `None` without regions or an attention store (see `gradop.regions`)."""
+        if store is not None and not isinstance(store, AttentionStore):
+            raise TypeError(f"attention_store must be a gradop.regions.AttentionStore, got {type(store).__name__}")
+        checks.check_finite(region_weight, "region_weight")
+        step_fraction = checks.check_fraction(step_fraction, "region_step_fraction")
+        if regions is None or (isinstance(regions, Mapping) and not regions):
+            return None if store is None else RegionBinding.empty(batch, (height, width), store)
+        prompts = checks.check_prompts(prompt)
+        if region_image is not None:
+            images = list(region_image) if isinstance(region_image, (list, tuple)) else [region_image]
+            if len(images) not in (1, len(prompts)):
+                raise ValueError(f"region_image has {len(images)} entries but prompt has {len(prompts)}; "
+                                 "give one painting for all prompts or one per prompt")
+            names = ["region_image"] if len(images) == 1 else [f"region_image[{i}]" for i in range(len(images))]
+            images = [load_image(im, name) for im, name in zip(images, names)]
+        elif paintings is not None:
+            images = list(((paintings.float().cpu() + 1) / 2).clamp(0, 1))
+            names = ["image"] if len(images) == 1 else [f"image[{i}]" for i in range(len(images))]
+        else:
+            raise ValueError("regions need a painting whose colours define them: pass region_image=<the painting>")
+        return bind_regions(regions, prompts, self.tokenizer, images, names, batch, (height, width),
+                            region_weight=region_weight, step_fraction=step_fraction,
+                            alphas_cumprod=self.scheduler.alphas_cumprod, store=store)
+
+    @contextmanager
+    def _region_attention(self, binding):
+        """Region-biased (or recording) cross-attention for the sampling inside; originals restored, even on error."""
+        self._binding = binding
+        try:
+            with attention_control(self.unet, binding):
+                yield
+        finally:
+            self._binding = None

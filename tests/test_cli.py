@@ -4,11 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 from conftest import draw_painting
 
-from gradop.cli import main
+from gradop.cli import main, parse_region_flags
 
 TINY = ["--model", "tiny", "--steps", "6", "--num_iterative_steps", "1", "--grad_steps_per_iter", "2"]
 
@@ -33,6 +34,22 @@ def test_methods_write_pngs(tmp_path, stroke, method, capsys):
     assert sorted(os.listdir(tmp_path / "out")) == ["result_0.png", "result_1.png"]  # no temporary files left
 
 
+def test_regions_change_the_image(tmp_path, stroke):
+    plain, bound = tmp_path / "plain.png", tmp_path / "bound.png"
+    common = TINY + ["--img_path", str(stroke), "--prompt", "a red ball on grass under sky"]
+    assert main(common + ["--output", str(plain)]) == 0
+    assert main(common + ["--output", str(bound), "--region", "#c82828=ball", "--region", "#28a03c=grass:0.5",
+                          "--region-weight", "0.8"]) == 0
+    difference = np.abs(np.asarray(PIL.Image.open(plain), float) - np.asarray(PIL.Image.open(bound), float))
+    assert difference.max() > 2
+
+
+def test_parse_region_flags():
+    assert parse_region_flags(["#2a7a2a=forest", "#3060c0=deep lake:-0.5"]) == {
+        "#2a7a2a": "forest", "#3060c0": ("deep lake", -0.5)}
+    assert parse_region_flags(None) == {}
+
+
 def test_default_output_and_manifest_prompt(tmp_path, stroke, monkeypatch, capsys):
     (stroke.parent / "manifest.json").write_text('{"stroke.png": {"prompt": "a castle by a lake"}}')
     monkeypatch.chdir(tmp_path)
@@ -51,6 +68,13 @@ def test_default_output_and_manifest_prompt(tmp_path, stroke, monkeypatch, capsy
     (["--img_path", "{stroke}", "--prompt", "a", "--dtype", "fp8"], "dtype must be"),
     (["--img_path", "{stroke}", "--prompt", "a", "--output", "x.jpg"], "--output must end in .png"),
     (["--prompt", "a"], "--img_path is required"),
+    (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "c82828"], "--region must look like '#2a7a2a=forest'"),
+    (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#zz8228=ball"], "'#zz8228' is not a colour"),
+    (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#c82828=ball:much"], "the weight after ':' must be"),
+    (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#c82828=car"], "the phrase 'car'"),
+    (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#c82828=ball", "--region-weight", "nan"],
+     "--region-weight must be a finite number"),
+    (["--method", "text", "--prompt", "a ball", "--region", "#c82828=ball"], "--region needs --img_path"),
 ])
 def test_user_errors_exit_2_without_traceback_or_file(tmp_path, stroke, capsys, args, message):
     out = tmp_path / "o.png"
