@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     released.add_argument("--num_iterative_steps", type=int, default=3)
     released.add_argument("--grad_steps_per_iter", type=int, default=12)
     more = p.add_argument_group("gradop's additions")
-    more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4), tiny (random test model), a hub id or a folder")
+    more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4 if it can be had, else the bundled toy "
+                                                      "model), toy, tiny (random test model), a hub id or a folder")
     more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, unipc, ddpm")
     more.add_argument("--steps", type=int, default=50, help="denoising steps")
     more.add_argument("--guidance-scale", type=float, default=7.5)
@@ -90,6 +91,23 @@ def output_paths(args, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
 
 
+def toy_size(pipe, args) -> tuple[int | None, int | None]:
+    """The toy model works at 64x64: a larger painting is worked at that scale (said), others at their own size."""
+    from .images import load_image
+
+    if not getattr(pipe, "model_name", "").startswith("toy") or not args.img_path:
+        return None, None
+    native, factor = pipe.unet.config.sample_size * pipe.vae_scale_factor, pipe.vae_scale_factor
+    w, h = load_image(args.img_path, "--img_path").size
+    if max(w, h) <= native:
+        return None, None
+    scale = native / max(w, h)
+    height, width = (max(factor, int(side * scale) // factor * factor) for side in (h, w))
+    print(f"gradop: the toy model works at {native}x{native}; painting {w}x{h} is used at {width}x{height} "
+          "(pass --height/--width to choose)", file=sys.stderr)
+    return height, width
+
+
 def save_atomically(image, path: Path) -> None:
     """Write to a temporary file beside `path`, then rename: a crash never leaves half a PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +153,9 @@ def run(args) -> list[Path]:
     make_scheduler(args.scheduler)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     generator = torch.Generator("cpu").manual_seed(args.seed)
+    height, width = toy_size(pipe, args) if args.height is None and args.width is None else (args.height, args.width)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
-                  num_images_per_prompt=args.num_images, height=args.height, width=args.width, generator=generator,
+                  num_images_per_prompt=args.num_images, height=height, width=width, generator=generator,
                   regions=regions or None, region_weight=args.region_weight,
                   region_step_fraction=args.region_step_fraction)
     if args.method == "gradop+":

@@ -1,4 +1,4 @@
-"""Loading a pipeline by name: Stable Diffusion (hub id or folder), or the tiny random test model."""
+"""Loading a pipeline by name: Stable Diffusion (hub id or folder), the bundled toy model, or tiny random weights."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
+TOY_MODEL = Path(__file__).parent / "toy" / "model"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -46,7 +47,8 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     """A ready `GradOPPipeline`.
 
     Args:
-        model: ``"auto"`` (Stable Diffusion v1.4 from the local cache, or downloaded when online),
+        model: ``"auto"`` (Stable Diffusion v1.4 from the local cache, or downloaded when online; else the
+            toy model, saying so), ``"toy"`` (the bundled toy-world model: offline, seconds on a CPU),
             ``"tiny"`` (random weights, for tests: outputs are noise), a local pipeline folder or a hub id.
         device, dtype: see `resolve_device`, `resolve_dtype`.
         scheduler: a name from `gradop.schedulers.SCHEDULERS`; ``"ddim"`` is the released configuration.
@@ -56,17 +58,28 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     from .testing import tiny_pipeline
 
     if not isinstance(model, str) or not model:
-        raise TypeError(f"model must be 'auto', 'tiny', a folder or a hub id, got {model!r}")
+        raise TypeError(f"model must be 'auto', 'toy', 'tiny', a folder or a hub id, got {model!r}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if model == "tiny":
         pipe, said = tiny_pipeline(scheduler=scheduler), "tiny (random weights for testing: outputs are noise)"
+    elif model == "toy":
+        pipe, said = _load_toy(scheduler), "toy (the bundled toy-world model)"
     elif model == "auto":
-        pipe, said = _load_stable_diffusion(dtype, scheduler), f"{SD_V1_4} (Stable Diffusion v1.4)"
+        try:
+            pipe, said = _load_stable_diffusion(dtype, scheduler), f"{SD_V1_4} (Stable Diffusion v1.4)"
+        except ModelUnavailableError as err:
+            if not TOY_MODEL.is_dir():
+                raise
+            if verbose:
+                print(f"gradop: {str(err).split(':')[0]}; using the bundled toy model instead "
+                      "(pass --model with a Stable Diffusion folder or hub id for real photos)", file=sys.stderr)
+            pipe, said = _load_toy(scheduler), "toy (the bundled toy-world model)"
+            dtype = torch.float32 if device.type == "cpu" else dtype
     else:
         if not Path(model).is_dir() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
             raise ValueError(f"model: '{model}' is not a folder, and not a hub id of the form 'owner/name'; "
-                             "use 'auto', 'tiny', a pipeline folder or a hub id")
+                             "use 'auto', 'toy', 'tiny', a pipeline folder or a hub id")
         try:
             pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler,
                                                   local_files_only=_offline() or Path(model).is_dir())
@@ -84,6 +97,15 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def _load_toy(scheduler):
+    from .pipeline import GradOPPipeline
+
+    if not TOY_MODEL.is_dir():
+        raise ModelUnavailableError(f"the toy model is missing from {TOY_MODEL}; reinstall gradop, or train it "
+                                    "with `python -m gradop.toy.train`")
+    return GradOPPipeline.from_pretrained(TOY_MODEL, scheduler=scheduler, local_files_only=True)
+
+
 def _load_stable_diffusion(dtype, scheduler):
     from .pipeline import GradOPPipeline
 
@@ -99,5 +121,5 @@ def _load_stable_diffusion(dtype, scheduler):
         f"Stable Diffusion v1.4 ({SD_V1_4}) is not available here: not in the local Hugging Face cache"
         + (" and HF_HUB_OFFLINE is set" if _offline() else " and it could not be downloaded")
         + f" ({type(last).__name__}). Download it once online (about 4 GB), pass a local pipeline folder "
-        "with --model, or try the pipeline with --model tiny (random weights)."
+        "with --model, or use the bundled toy model (--model toy; --model tiny is random weights)."
     )

@@ -101,6 +101,7 @@ def test_console_script_and_module_in_a_subprocess(tmp_path, stroke):
 
 
 def test_auto_without_stable_diffusion_is_a_clear_message(tmp_path, stroke, monkeypatch, capsys):
+    monkeypatch.setattr("gradop.models.TOY_MODEL", tmp_path / "no-toy-model")  # and no toy model to fall back on
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     assert main(["--img_path", str(stroke), "--prompt", "a", "--output", str(tmp_path / "a.png")]) == 3

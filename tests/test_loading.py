@@ -53,6 +53,8 @@ def test_load_pipeline_folder_and_tiny(sd_folder, capsys):
 
 
 def test_auto_offline_says_stable_diffusion_is_missing(monkeypatch, tmp_path):
+    """Without SD and without the toy model (e.g. a stripped install); with it, auto falls back (test_toy.py)."""
+    monkeypatch.setattr("gradop.models.TOY_MODEL", tmp_path / "no-toy-model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelUnavailableError, match="Stable Diffusion v1.4 .* is not available here.*--model tiny"):

@@ -1,0 +1,68 @@
+"""The toy model's architecture: Stable Diffusion's classes at a size a CPU trains in an hour.
+
+* tokenizer — CLIP's BPE tokenizer with a byte alphabet plus merges that make every word of the
+  world's grammar one token (other words are spelled out byte by byte, as CLIP does with rare words);
+* text encoder — a 2-layer `CLIPTextModel`;
+* VAE — `AutoencoderKL`, 4 latent channels, downsampling 4 (64x64 images -> 16x16x4 latents);
+* UNet — `UNet2DConditionModel` with cross-attention at 16x16 and 8x8;
+* scheduler — SD's DDIM configuration (`gradop.schedulers.RELEASED_DDIM_CONFIG`).
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ..schedulers import make_scheduler
+from .world import VOCABULARY
+
+IMAGE_SIZE = 64
+MAX_LENGTH = 77
+
+
+def toy_tokenizer() -> CLIPTokenizer:
+    """Byte tokens (with and without the word-end mark) plus one token per grammar word."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for char in sorted(ByteLevel.alphabet()):
+            vocab[char + suffix] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for _ in range(10):  # a word's pair can be another word's merge ("h o" of "house" splits "photo"): repeat
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+        split = {word: tokenizer.tokenize(word) for word in VOCABULARY}
+        if all(len(pieces) == 1 for pieces in split.values()):
+            return tokenizer
+        for pieces in split.values():
+            while len(pieces) > 1:  # merge what the tokenizer produced, left to right, into one token
+                if (pieces[0], pieces[1]) not in merges:
+                    merges.append((pieces[0], pieces[1]))
+                pieces = [pieces[0] + pieces[1]] + pieces[2:]
+                vocab.setdefault(pieces[0], len(vocab))
+    raise RuntimeError("could not build merges that keep every grammar word one token")
+
+
+def toy_components(seed: int = 0, tiny: bool = False) -> dict:
+    """Untrained components (each seeded on its own). `tiny` shrinks them for smoke tests."""
+    tokenizer = toy_tokenizer()
+    width = 16 if tiny else 32
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(width, 2 * width, 2 * width), sample_size=IMAGE_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=2 * width, intermediate_size=4 * width, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=MAX_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    torch.manual_seed(seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(3 * width // 2, 3 * width), norm_num_groups=8, attention_head_dim=8,
+        cross_attention_dim=2 * width,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=make_scheduler("ddim"))
