@@ -52,7 +52,7 @@ def evaluate(args) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model, device=args.device, dtype="fp32", verbose=True)
     pipe.set_progress_bar_config(disable=True)
-    judge = load_judge(device="cpu")
+    judge = load_judge(args.judge) if args.judge else load_judge()
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
     to01 = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     images, paintings = to01([s.image for s in scenes]), to01([s.painting for s in scenes])
@@ -144,7 +144,7 @@ def evaluate(args) -> Path:
 
     # 6. Region semantics: semantic accuracy with and without phrase binding
     bindings = [region_bindings(s) for s in scenes]
-    usable = [i for i, b in enumerate(bindings) if b]
+    usable = [i for i, b in enumerate(bindings) if b][: args.region_scenes]  # one call per scene: each has its own binding
     sem = {}
     for label, kwargs in (("GradOP+", {}), ("GradOP+ with binding w'=0.4", {"region_weight": 0.4}),
                           ("GradOP+ with binding w'=1.0", {"region_weight": 1.0})):
@@ -208,6 +208,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="toy")
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--region-scenes", type=int, default=16, help="scenes for the region-semantics comparison")
+    p.add_argument("--judge", default=None, help="judge weights (default: the bundled ones)")
     p.add_argument("--out", default="reports/toy")
     evaluate(p.parse_args(argv))
     return 0

@@ -47,8 +47,9 @@ def scenes_tensors(seeds, size=64):
 class Stage:
     """A resumable training loop: model(s), optimiser, cosine schedule, checkpoints and a loss log."""
 
-    def __init__(self, name, modules: dict, steps, lr, work_dir: Path, log, warmup=100):
+    def __init__(self, name, modules: dict, steps, lr, work_dir: Path, log, generator, warmup=100):
         self.name, self.modules, self.steps, self.work_dir, self.log = name, modules, steps, work_dir, log
+        self.generator = generator  # draws the batches: saved with the checkpoint so a resumed run sees the same ones
         params = [p for m in modules.values() for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -63,10 +64,13 @@ class Stage:
             self.schedule.load_state_dict(state["schedule"])
             self.step = state["step"]
             torch.set_rng_state(state["rng"])
+            if "batch_rng" in state:
+                generator.set_state(state["batch_rng"])
 
     def save(self):
         state = dict(modules={k: m.state_dict() for k, m in self.modules.items()}, optimizer=self.optimizer.state_dict(),
-                     schedule=self.schedule.state_dict(), step=self.step, rng=torch.get_rng_state())
+                     schedule=self.schedule.state_dict(), step=self.step, rng=torch.get_rng_state(),
+                     batch_rng=self.generator.get_state())
         tmp = self.work_dir / f"{self.name}.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(self.work_dir / f"{self.name}.pt")
@@ -123,7 +127,7 @@ def train(args) -> None:
     # 1. VAE
     vae.to(device).train()
     both = torch.cat([images, paintings])
-    stage = Stage("vae", {"vae": vae}, args.vae_steps, 1e-3, work, log)
+    stage = Stage("vae", {"vae": vae}, args.vae_steps, 1e-3, work, log, gen)
 
     def vae_loss(step):
         (x,) = batch_of([both], args.batch_size)
@@ -153,7 +157,7 @@ def train(args) -> None:
     ema = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
     stage = Stage("unet", {"unet": unet, "text_encoder": text_encoder, "ema": ema, "ema_text": ema_text},
-                  args.unet_steps, args.lr, work, log)
+                  args.unet_steps, args.lr, work, log, gen)
 
     def ema_update(decay=0.999):
         with torch.no_grad():
@@ -180,7 +184,7 @@ def train(args) -> None:
     judge = PatchJudge().to(device)
     targets = patch_labels(labels)
     flat = torch.full_like(targets, FLAT)
-    stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log)
+    stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log, gen)
 
     def judge_loss(step):
         x, y, p = batch_of([images, targets, paintings], args.batch_size)
