@@ -612,22 +612,26 @@ class GradOPPipeline(DiffusionPipeline):
 
         `batch` is the checked prompts x `num_images_per_prompt`.
         """
-        num_prompts = batch // num_images_per_prompt
-        if isinstance(image, torch.Tensor) and image.ndim == 4:
-            image = list(image)
-        images = list(image) if isinstance(image, (list, tuple)) else [image]
-        if not images:
-            raise ValueError("image must not be an empty list")
-        if len(images) not in (1, num_prompts):
-            raise ValueError(f"image has {len(images)} entries but prompt has {num_prompts}; "
-                             "give one image for all prompts or one per prompt")
-        names = ["image"] if len(images) == 1 else [f"image[{i}]" for i in range(len(images))]
-        pils = [load_image(im, name) for im, name in zip(images, names)]
+        pils, names = self._load_images(image, "image", batch // num_images_per_prompt)
         height, width = output_size(pils[0], height, width, self.vae_scale_factor, names[0])
         for pil, name in zip(pils[1:], names[1:]):
             output_size(pil, height, width, self.vae_scale_factor, name)  # size limits only
         tensor = self.image_processor.preprocess(pils, height=height, width=width).to(self._execution_device)
         return tensor, height, width
+
+    @staticmethod
+    def _load_images(image, name, num_prompts):
+        """`image` (one, or one per prompt) as RGB PIL images, with the names errors will use."""
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            image = list(image)
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not images:
+            raise ValueError(f"{name} must not be an empty list")
+        if len(images) not in (1, num_prompts):
+            raise ValueError(f"{name} has {len(images)} entries but prompt has {num_prompts}; "
+                             "give one image for all prompts or one per prompt")
+        names = [name] if len(images) == 1 else [f"{name}[{i}]" for i in range(len(images))]
+        return [load_image(im, n) for im, n in zip(images, names)], names
 
     @staticmethod
     def _expand(tensor, batch):
@@ -645,15 +649,9 @@ class GradOPPipeline(DiffusionPipeline):
             return None if store is None else RegionBinding.empty(batch, (height, width), store)
         prompts = checks.check_prompts(prompt)
         if region_image is not None:
-            images = list(region_image) if isinstance(region_image, (list, tuple)) else [region_image]
-            if len(images) not in (1, len(prompts)):
-                raise ValueError(f"region_image has {len(images)} entries but prompt has {len(prompts)}; "
-                                 "give one painting for all prompts or one per prompt")
-            names = ["region_image"] if len(images) == 1 else [f"region_image[{i}]" for i in range(len(images))]
-            images = [load_image(im, name) for im, name in zip(images, names)]
+            images, names = self._load_images(region_image, "region_image", len(prompts))
         elif paintings is not None:
-            images = list(((paintings.float().cpu() + 1) / 2).clamp(0, 1))
-            names = ["image"] if len(images) == 1 else [f"image[{i}]" for i in range(len(images))]
+            images, names = self._load_images(((paintings.float().cpu() + 1) / 2).clamp(0, 1), "image", len(prompts))
         else:
             raise ValueError("regions need a painting whose colours define them: pass region_image=<the painting>")
         return bind_regions(regions, prompts, self.tokenizer, images, names, batch, (height, width),

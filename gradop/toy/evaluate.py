@@ -18,7 +18,7 @@ from ..metrics import realism, semantic_accuracy
 from ..painting import GaussianBlur
 from ..regions import to_hex
 from .judge import FLAT, JUDGE_CLASSES, judge_patches, load_judge, patch_labels
-from .train import HELD_OUT_SEED
+from .train import HELD_OUT_SEED, scenes_tensors
 from .world import CLASSES, PHRASES, make_scene
 
 
@@ -54,10 +54,7 @@ def evaluate(args) -> Path:
     pipe.set_progress_bar_config(disable=True)
     judge = load_judge(args.judge) if args.judge else load_judge()
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
-    to01 = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
-    images, paintings = to01([s.image for s in scenes]), to01([s.painting for s in scenes])
-    labels = torch.from_numpy(np.stack([s.labels for s in scenes]))
-    captions = [s.caption for s in scenes]
+    images, paintings, labels, captions = scenes_tensors(scenes)
     lines = [f"# Toy world report\n\n{len(scenes)} held-out scenes (seeds {HELD_OUT_SEED}…"
              f"{HELD_OUT_SEED + len(scenes) - 1}), 64×64, model `{pipe.model_name}`, torch threads "
              f"{torch.get_num_threads()}.\n"]

@@ -34,11 +34,10 @@ HELD_OUT_SEED = 1_000_000
 PACKAGE = Path(__file__).parent
 
 
-def scenes_tensors(seeds, size=64):
-    """Images and paintings as [N, 3, H, W] float in [0, 1], labels [N, H, W], captions."""
+def scenes_tensors(scenes):
+    """Images and paintings of `scenes` as [N, 3, H, W] float in [0, 1], labels [N, H, W], captions."""
     images, paintings, labels, captions = [], [], [], []
-    for seed in tqdm(seeds, desc="drawing scenes", leave=False):
-        s = make_scene(int(seed), size)
+    for s in scenes:
         images.append(s.image), paintings.append(s.painting), labels.append(s.labels), captions.append(s.caption)
     as_tensor = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     return as_tensor(images), as_tensor(paintings), torch.from_numpy(np.stack(labels)), captions
@@ -111,7 +110,8 @@ def train(args) -> None:
 
     parts = toy_components(args.seed, tiny=args.tiny)
     vae, unet, text_encoder, tokenizer = (parts[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
-    images, paintings, labels, captions = scenes_tensors(range(args.scenes))
+    drawn = (make_scene(seed) for seed in tqdm(range(args.scenes), desc="drawing scenes", leave=False))
+    images, paintings, labels, captions = scenes_tensors(drawn)
     gen = torch.Generator().manual_seed(args.seed)
 
     def batch_of(tensors, size):
