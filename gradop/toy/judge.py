@@ -1,8 +1,10 @@
 """The toy world's realism judge: a patch classifier over the world's classes plus "flat paint".
 
 It is fully convolutional with stride 8, so a 64x64 image gives an 8x8 grid of patch verdicts.
-Trained on patches of real scenes (their majority class) and of paintings ("flat paint"), it
-answers the two questions the paper's claims are about:
+Trained on patches of real scenes (their majority class) and of paintings ("flat paint"), each
+also as the toy VAE reconstructs it (every generated image is a VAE decoding, so the VAE's
+rendering of a real scene is the best any method can reach), it answers the two questions the
+paper's claims are about:
 
 * realism — the share of an image's patches judged a real texture (anything but flat paint);
 * semantic accuracy — the share of a region's patches judged its intended class.
@@ -29,8 +31,10 @@ class PatchJudge(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.GELU(),  # pixel-level texture
             nn.Conv2d(width, 2 * width, 4, stride=4), nn.GELU(),  # 4x4 cells: texture statistics
             nn.Conv2d(2 * width, 2 * width, 2, stride=2), nn.GELU(),  # one 8x8 patch
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, padding_mode="replicate"), nn.GELU(),  # its neighbours: context
             nn.Conv2d(2 * width, len(JUDGE_CLASSES), 1),
         )
 

@@ -2,11 +2,12 @@
 
 Three stages, each resumable from its last checkpoint in `--work-dir`:
 
-1. VAE — L1 reconstruction + a small KL term on scenes *and* paintings (GradOP decodes latents
+1. VAE — L1 on pixels and on pixel differences (texture) + a small KL term on scenes *and* paintings (GradOP decodes latents
    that look like both). Then the latent scale is set so latents have unit variance (SD's 0.18215).
 2. UNet + text encoder — the epsilon objective on SD's noise schedule, captions dropped 10 % of
    the time for classifier-free guidance, an exponential moving average of the weights.
-3. Judge — the patch classifier of `gradop.toy.judge`.
+3. Judge — the patch classifier of `gradop.toy.judge`, on scenes and paintings as drawn and as the
+   VAE reconstructs them.
 
 The pipeline folder (safetensors) and the judge are written to `--out` (the package by default).
 Losses go to `<work-dir>/log.jsonl`. Training scenes use seeds [0, --scenes); evaluation uses
@@ -132,8 +133,11 @@ def train(args) -> None:
     def vae_loss(step):
         (x,) = batch_of([both], args.batch_size)
         posterior = vae.encode(x * 2 - 1).latent_dist
-        recon = vae.decode(posterior.sample(generator=None)).sample
-        return (recon - (x * 2 - 1)).abs().mean() + 1e-6 * posterior.kl().mean()
+        recon, x = vae.decode(posterior.sample(generator=None)).sample, x * 2 - 1
+        # L1 on pixels and on their differences: the difference term keeps texture from being averaged away
+        edges = lambda t: (t.diff(dim=-1), t.diff(dim=-2))  # noqa: E731
+        texture = sum((a - b).abs().mean() for a, b in zip(edges(recon), edges(x)))
+        return (recon - x).abs().mean() + texture + 1e-6 * posterior.kl().mean()
 
     stage.run(vae_loss)
     vae.eval().requires_grad_(False)
@@ -180,16 +184,22 @@ def train(args) -> None:
 
     stage.run(unet_loss, after_step=ema_update)
 
-    # 3. The judge
+    # 3. The judge, on scenes and paintings both as drawn and as the VAE reconstructs them
+    with torch.no_grad():
+        def reconstruct(x):
+            return torch.cat([((vae.decode(vae.encode(x[i:i + 256].to(device) * 2 - 1).latent_dist.mean).sample + 1) / 2)
+                              .clamp(0, 1).cpu() for i in range(0, len(x), 256)])
+        recon_images, recon_paintings = reconstruct(images), reconstruct(paintings)
     judge = PatchJudge().to(device)
     targets = patch_labels(labels)
-    flat = torch.full_like(targets, FLAT)
     stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log, gen)
 
     def judge_loss(step):
-        x, y, p = batch_of([images, targets, paintings], args.batch_size)
-        logits = judge(torch.cat([x, p]))
-        return F.cross_entropy(logits, torch.cat([y, flat[: len(p)].to(device)]), ignore_index=-100)
+        quarter = args.batch_size // 2
+        x, rx, y, p, rp = batch_of([images, recon_images, targets, paintings, recon_paintings], quarter)
+        logits = judge(torch.cat([x, rx, p, rp]))
+        flat = torch.full_like(y, FLAT)
+        return F.cross_entropy(logits, torch.cat([y, y, flat, flat]), ignore_index=-100)
 
     stage.run(judge_loss)
 
@@ -212,7 +222,7 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=6000, help="training scenes (seeds 0..N-1)")
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--unet-steps", type=int, default=4000)
-    p.add_argument("--judge-steps", type=int, default=600)
+    p.add_argument("--judge-steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="UNet/text-encoder learning rate")
     p.add_argument("--device", default="auto")

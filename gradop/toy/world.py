@@ -29,6 +29,7 @@ BASE_COLORS = {
     "grass": ((100, 165, 62), (20, 20, 15)), "water": ((45, 100, 175), (15, 25, 20)),
     "sand": ((218, 192, 140), (15, 15, 15)), "house": ((196, 170, 140), (30, 30, 30)),
 }
+NAMED_SHARE = 0.06  # a class the caption names covers at least this share of the image
 ROOF_COLOR = ((150, 55, 45), (25, 15, 15))
 # The words the grammar uses for each class (what a prompt must say to name it)
 PHRASES = {"cloud": "clouds", "sun": "sun", "mountain": "mountains", "snow": "snowy", "forest": "forest",
@@ -90,7 +91,7 @@ def layout(rng, size):
     warp = smooth_noise(rng, h, w, 8) * 0.03 * h  # keeps horizons and shores from being ruler-straight
 
     if rng.random() < 0.4:  # sun
-        r = rng.uniform(0.09, 0.13) * h
+        r = rng.uniform(0.14, 0.19) * h
         cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(r, max(r + 1, horizon - 0.2 * h))
         labels[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = cls["sun"]
     if rng.random() < 0.5:  # clouds: unions of ellipses
@@ -128,7 +129,7 @@ def layout(rng, size):
         forest = (xx >= start) & (xx <= end) & (yy >= top + crowns) & (yy <= horizon + 0.04 * h + warp)
         labels[forest & (labels != cls["water"])] = cls["forest"]
     if rng.random() < 0.35:  # a house on the field
-        bw, bh = rng.uniform(0.16, 0.26) * w, rng.uniform(0.1, 0.16) * h
+        bw, bh = rng.uniform(0.22, 0.32) * w, rng.uniform(0.14, 0.2) * h
         x0, base = rng.uniform(0.05 * w, 0.95 * w - bw), rng.uniform(horizon + 0.2 * h, h - 0.05 * h)
         walls = (xx >= x0) & (xx <= x0 + bw) & (yy <= base) & (yy >= base - bh)
         apex = base - bh - rng.uniform(0.07, 0.12) * h
@@ -137,15 +138,19 @@ def layout(rng, size):
             labels[walls | roof] = cls["house"]
         else:
             roof[:] = False
-    # the caption names what is visible: at least 2 % of the image (later shapes may hide earlier ones)
-    present = {name for name in CLASSES if (labels == cls[name]).mean() >= 0.02}
+    # the caption names what is clearly visible: at least 6 % of the image (later shapes may hide earlier ones)
+    present = {name for name in CLASSES if (labels == cls[name]).mean() >= NAMED_SHARE}
     return labels, roof, present
 
 
 def render(rng, labels, roof) -> np.ndarray:
-    """The "photo": each class's texture in its scene colour."""
+    """The "photo": each class's texture in its scene colour.
+
+    Textures live at 2-4 pixels (at 64x64) and are strong: fine enough to tell the classes apart
+    in an 8x8 patch, coarse enough for a VAE with 4x downsampling to keep them.
+    """
     h, w = labels.shape
-    yy = np.mgrid[0:h, 0:w][0] / h
+    yy, xx = np.mgrid[0:h, 0:w] / h
     image = np.zeros((h, w, 3), np.float32)
     fine = rng.normal(0, 1, (h, w, 1))
     for i, name in enumerate(CLASSES):
@@ -153,24 +158,27 @@ def render(rng, labels, roof) -> np.ndarray:
         if not mask.any():
             continue
         color = _shade(rng, name)
-        if name == "sky":  # lighter toward the horizon
-            tex = (yy[..., None] * 60 - 20) + smooth_noise(rng, h, w, 16)[..., None] * 6 + fine * 2
-        elif name == "cloud":
-            tex = smooth_noise(rng, h, w, 4)[..., None] * 14 - yy[..., None] * 20 + fine * 3
-        elif name == "sun":
-            tex = fine * 3
+        if name == "sky":  # lighter toward the horizon, soft horizontal wisps
+            tex = (yy[..., None] * 50 - 20) + smooth_noise(rng, h, w, 4, stretch=(0.6, 3))[..., None] * 12 + fine * 2
+        elif name == "cloud":  # puffy, shaded underneath
+            tex = smooth_noise(rng, h, w, 3)[..., None] * 22 - yy[..., None] * 25 + fine * 2
+        elif name == "sun":  # a bright core fading to an orange rim
+            cy, cx = yy[mask].mean(), xx[mask].mean()
+            r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / max(((yy[mask] - cy) ** 2 + (xx[mask] - cx) ** 2).max(), 1e-6)
+            tex = r2[..., None] * np.array([0, -45, -80]) + 10 + fine * 3
         elif name == "mountain":  # rock: ridged noise at two scales
-            tex = (np.abs(smooth_noise(rng, h, w, 3)) * 40 - 20 + smooth_noise(rng, h, w, 10) * 15)[..., None] + fine * 6
-        elif name == "snow":
-            tex = smooth_noise(rng, h, w, 3)[..., None] * np.array([8, 8, 4]) + fine * 3
+            tex = (np.abs(smooth_noise(rng, h, w, 3.5)) * 45 - 22 + smooth_noise(rng, h, w, 10) * 15)[..., None] + fine * 4
+        elif name == "snow":  # bluish shadows
+            tex = smooth_noise(rng, h, w, 3)[..., None] * np.array([16, 10, 2]) + fine * 2
         elif name == "forest":  # dark, blobby crowns
-            tex = (np.maximum(smooth_noise(rng, h, w, 1.5), 0) * 45 - 15)[..., None] + fine * 5
+            tex = (np.maximum(smooth_noise(rng, h, w, 2.5), 0) * 55 - 20)[..., None] + fine * 4
         elif name == "grass":  # vertical blades
-            tex = smooth_noise(rng, h, w, 1.2, stretch=(4, 0.5))[..., None] * 22 + fine * 6
+            tex = smooth_noise(rng, h, w, 2, stretch=(3, 0.7))[..., None] * 30 + fine * 5
         elif name == "water":  # horizontal ripples with glints
-            tex = smooth_noise(rng, h, w, 1.5, stretch=(0.4, 4))[..., None] * 22 + fine * 3
-        elif name == "sand":  # fine grain
-            tex = fine * 12 + smooth_noise(rng, h, w, 6)[..., None] * 8
+            ripple = smooth_noise(rng, h, w, 2, stretch=(0.5, 4))[..., None]
+            tex = ripple * 28 + (ripple > 0.8) * 40 + fine * 2
+        elif name == "sand":  # grain
+            tex = smooth_noise(rng, h, w, 2)[..., None] * 12 + fine * 8 + smooth_noise(rng, h, w, 6)[..., None] * 8
         else:  # house: walls with dark windows, and a tiled roof
             tex = fine * 4
             windows = ((np.arange(w) // max(2, w // 32)) % 3 == 1)[None, :] & ((np.arange(h) // max(2, h // 32)) % 3 == 1)[:, None]

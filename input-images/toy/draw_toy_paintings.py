@@ -18,7 +18,7 @@ from gradop.toy.world import make_scene
 
 HERE = Path(__file__).parent
 SIZE = 256
-PAINTINGS = {"lake_mountains.png": 16, "house_lake.png": 25, "forest_meadow.png": 9, "sunny_lake.png": 11}
+PAINTINGS = {"lake_mountains.png": 16, "house_lake.png": 14, "forest_meadow.png": 9, "sunny_lake.png": 46}
 
 
 def main():
