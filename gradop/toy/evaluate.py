@@ -18,7 +18,7 @@ from ..metrics import realism, semantic_accuracy
 from ..painting import GaussianBlur
 from ..regions import to_hex
 from .judge import FLAT, JUDGE_CLASSES, judge_patches, load_judge, patch_labels
-from .train import HELD_OUT_SEED, scenes_tensors
+from .train import HELD_OUT_SEED, scenes_tensors, vae_reconstruct
 from .world import CLASSES, PHRASES, make_scene
 
 
@@ -60,13 +60,9 @@ def evaluate(args) -> Path:
              f"{torch.get_num_threads()}.\n"]
 
     # 1. The VAE
-    with torch.no_grad():
-        def reconstruct(x):
-            latents = pipe.vae.encode(x * 2 - 1).latent_dist.mean
-            return ((pipe.vae.decode(latents).sample + 1) / 2).clamp(0, 1)
-        psnr = lambda a, b: (10 * torch.log10(1 / (a - b).square().flatten(1).mean(1))).mean().item()  # noqa: E731
-        recon_images, recon_paintings = reconstruct(images), reconstruct(paintings)
-        psnr_images, psnr_paintings = psnr(recon_images, images), psnr(recon_paintings, paintings)
+    psnr = lambda a, b: (10 * torch.log10(1 / (a - b).square().flatten(1).mean(1))).mean().item()  # noqa: E731
+    recon_images, recon_paintings = vae_reconstruct(pipe.vae, images), vae_reconstruct(pipe.vae, paintings)
+    psnr_images, psnr_paintings = psnr(recon_images, images), psnr(recon_paintings, paintings)
     lines += ["## VAE", f"Reconstruction PSNR: scenes **{psnr_images:.1f} dB**, paintings {psnr_paintings:.1f} dB "
               "(target ≥ 25 dB).\n"]
 

@@ -44,6 +44,27 @@ def scenes_tensors(scenes):
     return as_tensor(images), as_tensor(paintings), torch.from_numpy(np.stack(labels)), captions
 
 
+@torch.no_grad()
+def encode_posteriors(vae, images, batch_size=256):
+    """[N, 3, H, W] in [0, 1] -> the VAE posterior's means and standard deviations (on the CPU)."""
+    device = next(vae.parameters()).device
+    stats = [vae.encode(images[i:i + batch_size].to(device) * 2 - 1).latent_dist for i in range(0, len(images), batch_size)]
+    return torch.cat([s.mean for s in stats]).cpu(), torch.cat([s.std for s in stats]).cpu()
+
+
+@torch.no_grad()
+def decode_images(vae, latents, batch_size=256):
+    """Unscaled latents -> [N, 3, H, W] images in [0, 1] (on the CPU)."""
+    device = next(vae.parameters()).device
+    return torch.cat([((vae.decode(latents[i:i + batch_size].to(device)).sample + 1) / 2).clamp(0, 1).cpu()
+                      for i in range(0, len(latents), batch_size)])
+
+
+def vae_reconstruct(vae, images, batch_size=256):
+    """What the VAE makes of `images` ([0, 1]): its posterior mean, decoded."""
+    return decode_images(vae, encode_posteriors(vae, images, batch_size)[0], batch_size)
+
+
 class Stage:
     """A resumable training loop: model(s), optimiser, cosine schedule, checkpoints and a loss log."""
 
@@ -141,14 +162,10 @@ def train(args) -> None:
 
     stage.run(vae_loss)
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        moments = torch.cat([vae.encode(images[i:i + 256].to(device) * 2 - 1).latent_dist.mean for i in range(0, len(images), 256)])
-    vae.register_to_config(scaling_factor=float(1 / moments.std()))
+    means, stds = encode_posteriors(vae, images)
+    vae.register_to_config(scaling_factor=float(1 / means.std()))
 
     # 2. UNet and text encoder, on cached latent means (plus the posterior's spread, sampled per step)
-    with torch.no_grad():
-        stats = [vae.encode(images[i:i + 256].to(device) * 2 - 1).latent_dist for i in range(0, len(images), 256)]
-        means, stds = torch.cat([s.mean for s in stats]).cpu(), torch.cat([s.std for s in stats]).cpu()
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
@@ -185,11 +202,7 @@ def train(args) -> None:
     stage.run(unet_loss, after_step=ema_update)
 
     # 3. The judge, on scenes and paintings both as drawn and as the VAE reconstructs them
-    with torch.no_grad():
-        def reconstruct(x):
-            return torch.cat([((vae.decode(vae.encode(x[i:i + 256].to(device) * 2 - 1).latent_dist.mean).sample + 1) / 2)
-                              .clamp(0, 1).cpu() for i in range(0, len(x), 256)])
-        recon_images, recon_paintings = reconstruct(images), reconstruct(paintings)
+    recon_images, recon_paintings = decode_images(vae, means), vae_reconstruct(vae, paintings)
     judge = PatchJudge().to(device)
     targets = patch_labels(labels)
     stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log, gen)
