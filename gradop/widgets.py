@@ -1,0 +1,402 @@
+"""Jupyter widgets: a scribble pad to paint strokes on, and a panel that turns them into images.
+
+Model/view split (the ipycanvas way): the strokes live in Python (`Stroke` lists); the canvas only
+shows them. `ScribblePad.image` is rasterised from the strokes with PIL, never read back from the
+browser, so it is the same in a test, on Binder and in JupyterLab. Mouse events reach Python only
+while the kernel is idle, so synthesis runs from the panel's button, never inside the drawing cell.
+
+    pad = ScribblePad()                          # draw with the mouse
+    panel = SynthesisPanel(pipe, pad, prompt="a photo of a lake below snowy mountains")
+    display(pad, panel)                          # Generate -> panel.images[-1]
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import torch
+from ipycanvas import MultiCanvas, hold_canvas
+
+from .images import load_image
+from .regions import parse_color, to_hex
+from .toy.world import BASE_COLORS, ROOF_COLOR
+
+# The toy world's class colours: strokes in these become the classes the toy model knows
+TOY_PALETTE = {name: to_hex(rgb) for name, (rgb, _) in BASE_COLORS.items()} | {"roof": to_hex(ROOF_COLOR[0])}
+
+
+@dataclass
+class Stroke:
+    """One press-drag-release of the mouse: a polyline `size` pixels wide, or an eraser path."""
+    color: str
+    size: int
+    points: list[tuple[float, float]] = field(default_factory=list)
+    erase: bool = False
+
+
+def rasterize(strokes, background: PIL.Image.Image) -> PIL.Image.Image:
+    """The painting: `strokes` over `background`, drawn with PIL (hard edges, exact stroke colours)."""
+    layer = stroke_layer(strokes, background.size)
+    return PIL.Image.alpha_composite(background.convert("RGBA"), layer).convert("RGB")
+
+
+def stroke_layer(strokes, size) -> PIL.Image.Image:
+    """The strokes alone on a transparent RGBA layer; eraser paths clear it back to transparent."""
+    layer = PIL.Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = PIL.ImageDraw.Draw(layer)  # RGBA without blending: an eraser writes (0, 0, 0, 0) outright
+    for stroke in strokes:
+        fill = (0, 0, 0, 0) if stroke.erase else (*parse_color(stroke.color), 255)
+        radius = stroke.size / 2
+        # The canvas (and its mouse events) puts pixel i's centre at i + 0.5, PIL at i
+        points = [(x - 0.5, y - 0.5) for x, y in stroke.points]
+        if len(points) > 1:
+            draw.line(points, fill=fill, width=stroke.size, joint="curve")
+        for x, y in points:  # round caps and joins, as the canvas draws them
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
+    return layer
+
+
+class ScribblePad(widgets.VBox):
+    """A paint canvas for stroke paintings (ipycanvas `MultiCanvas`: background layer + stroke layer).
+
+    Args:
+        width, height (`int`, *optional*, defaults to 256): canvas size in pixels (= `image` size).
+        palette (`dict[str, str]`, *optional*): name -> colour of the palette buttons (the toy world's
+            class colours by default).
+        brush_size (`int`, *optional*, defaults to 16).
+        background (`str`, *optional*, defaults to the sky colour): the colour under the strokes.
+    """
+
+    def __init__(self, width: int = 256, height: int = 256, palette: dict | None = None, brush_size: int = 16,
+                 background: str | None = None):
+        for value, name in ((width, "width"), (height, "height")):
+            if not isinstance(value, int) or not 8 <= value <= 4096:
+                raise ValueError(f"{name} must be an int in [8, 4096], got {value!r}")
+        self.palette = {name: to_hex(parse_color(c, f"palette[{name!r}]")) for name, c in (palette or TOY_PALETTE).items()}
+        if not self.palette:
+            raise ValueError("palette must name at least one colour, e.g. {'sky': '#69a5e6'}")
+        background = to_hex(parse_color(background or next(iter(self.palette.values())), "background"))
+        self.size = (width, height)
+        self.strokes: list[Stroke] = []
+        self.bindings: dict[str, str] = {}  # colour -> phrase typed by the user
+        self._background = PIL.Image.new("RGB", self.size, parse_color(background))
+        self._undo: list[list[Stroke]] = []  # snapshots before each change: clear and loads are undoable too
+        self._redo: list[list[Stroke]] = []
+        self._drawing: Stroke | None = None
+
+        self.canvas = MultiCanvas(2, width=width, height=height)
+        self.canvas[1].line_cap = self.canvas[1].line_join = "round"
+        self.canvas.on_mouse_down(self.on_mouse_down)
+        self.canvas.on_mouse_move(self.on_mouse_move)
+        self.canvas.on_mouse_up(self.on_mouse_up)
+        self.canvas.on_mouse_out(self.on_mouse_up)
+
+        colors = list(self.palette.values())
+        self.color_picker = widgets.ColorPicker(value=colors[min(1, len(colors) - 1)], description="colour",
+                                                concise=True, layout=widgets.Layout(width="110px"))
+        self.brush = widgets.IntSlider(value=brush_size, min=1, max=64, description="brush",
+                                       layout=widgets.Layout(width="220px"))
+        self.eraser = widgets.ToggleButton(description="eraser", icon="eraser", layout=widgets.Layout(width="90px"))
+        buttons = []
+        for name, color in self.palette.items():
+            b = widgets.Button(tooltip=f"{name} {color}", layout=widgets.Layout(width="28px", height="28px"))
+            b.style.button_color = color
+            b.on_click(lambda _, c=color: self.set_color(c))
+            buttons.append(b)
+        self.undo_button = self._button("undo", "undo", self.undo)
+        self.redo_button = self._button("redo", "repeat", self.redo)
+        self.clear_button = self._button("clear", "trash", self.clear)
+        self.save_path = widgets.Text(value="scribble.png", layout=widgets.Layout(width="160px"))
+        self.save_button = self._button("save PNG", "save", lambda: self.save(self.save_path.value))
+        self.upload = widgets.FileUpload(accept="image/*", description="load image", multiple=False)
+        self.upload.observe(self._on_upload, "value")
+        self.status = widgets.HTML()
+        self.binding_box = widgets.VBox()
+        super().__init__([
+            widgets.HBox(buttons + [self.color_picker]),
+            widgets.HBox([self.brush, self.eraser, self.undo_button, self.redo_button, self.clear_button]),
+            self.canvas,
+            widgets.HBox([self.upload, self.save_path, self.save_button]),
+            self.binding_box, self.status,
+        ])
+        self._redraw()
+
+    # ------------------------------------------------------------------ the stroke model
+    @property
+    def image(self) -> PIL.Image.Image:
+        """The painting (RGB, `width` x `height`), rasterised from the strokes."""
+        return rasterize(self.strokes, self._background)
+
+    @property
+    def colors(self) -> list[str]:
+        """The stroke colours on the pad, in order of first use."""
+        return list(dict.fromkeys(s.color for s in self.strokes if not s.erase))
+
+    @property
+    def regions(self) -> dict[str, str]:
+        """Colour -> phrase for the colours painted and given a phrase: the pipelines' `regions=`."""
+        return {c: p.strip() for c, p in self.bindings.items() if p.strip() and c in self.colors}
+
+    def set_color(self, color) -> None:
+        self.color_picker.value = to_hex(parse_color(color))
+        self.eraser.value = False
+
+    def on_mouse_down(self, x, y) -> None:
+        color = to_hex(parse_color(self.color_picker.value, "colour picker"))
+        self._drawing = Stroke(color, int(self.brush.value), [(float(x), float(y))], bool(self.eraser.value))
+        self._draw_segment(self._drawing, (x, y), (x, y))
+
+    def on_mouse_move(self, x, y) -> None:
+        if self._drawing is not None:
+            self._draw_segment(self._drawing, self._drawing.points[-1], (x, y))
+            self._drawing.points.append((float(x), float(y)))
+
+    def on_mouse_up(self, x=None, y=None) -> None:
+        if self._drawing is not None:
+            stroke, self._drawing = self._drawing, None
+            self._change(self.strokes + [stroke])
+
+    def undo(self) -> None:
+        if self._undo:
+            self._redo.append(self.strokes)
+            self.strokes = self._undo.pop()
+            self._redraw()
+
+    def redo(self) -> None:
+        if self._redo:
+            self._undo.append(self.strokes)
+            self.strokes = self._redo.pop()
+            self._redraw()
+
+    def clear(self) -> None:
+        """Remove every stroke (undo brings them back)."""
+        if self.strokes:
+            self._change([])
+
+    def load_image(self, image) -> None:
+        """Paint over `image` (path, PIL image or array; resized to the pad): it becomes the background."""
+        self._background = load_image(image, "image").resize(self.size, PIL.Image.LANCZOS)
+        self._redraw()
+
+    def save(self, path) -> Path:
+        """Write the painting as a PNG."""
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"path must end in .png, got {str(path)!r}")
+        self.image.save(path)
+        self.status.value = f"saved {path}"
+        return path
+
+    def to_json(self) -> str:
+        """The stroke history (and the bindings) as JSON; `from_json` restores it."""
+        return json.dumps({"version": 1, "size": list(self.size), "strokes": [asdict(s) for s in self.strokes],
+                           "bindings": self.bindings})
+
+    def from_json(self, text: str) -> None:
+        """Replace the strokes with those of `to_json` output (undoable)."""
+        try:
+            data = json.loads(text)
+            strokes = [Stroke(to_hex(parse_color(s["color"])), int(s["size"]), [tuple(map(float, p)) for p in s["points"]],
+                              bool(s.get("erase", False))) for s in data["strokes"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"text is not a stroke history written by ScribblePad.to_json: {err}") from None
+        if tuple(data.get("size", self.size)) != self.size:
+            raise ValueError(f"the strokes were drawn on a {data['size']} pad; this pad is {list(self.size)}")
+        self.bindings.update(data.get("bindings", {}))
+        self._change(strokes)
+
+    # ------------------------------------------------------------------ the view
+    def _button(self, description, icon, action):
+        b = widgets.Button(description=description, icon=icon, layout=widgets.Layout(width="auto"))
+        b.on_click(lambda _: action())
+        return b
+
+    def _change(self, strokes) -> None:
+        self._undo.append(self.strokes)
+        self._redo.clear()
+        self.strokes = strokes
+        self._redraw()
+
+    def _draw_segment(self, stroke, start, end) -> None:
+        layer = self.canvas[1]
+        with hold_canvas():
+            layer.global_composite_operation = "destination-out" if stroke.erase else "source-over"
+            layer.stroke_style = layer.fill_style = stroke.color
+            layer.line_width = stroke.size
+            layer.stroke_line(*start, *end)
+            layer.fill_circle(*end, stroke.size / 2)
+
+    def _redraw(self) -> None:
+        """Show the model: the background and the PIL-rasterised stroke layer, so view == `image`."""
+        with hold_canvas():
+            self.canvas[0].put_image_data(np.asarray(self._background), 0, 0)
+            self.canvas[1].clear()
+            self.canvas[1].global_composite_operation = "source-over"
+            self.canvas[1].put_image_data(np.asarray(stroke_layer(self.strokes, self.size)), 0, 0)
+        self._show_bindings()
+        points = sum(len(s.points) for s in self.strokes)
+        self.status.value = f"{len(self.strokes)} stroke(s), {points} points, colours: {', '.join(self.colors) or 'none'}"
+
+    def _show_bindings(self) -> None:
+        rows = []
+        for color in self.colors:
+            text = widgets.Text(value=self.bindings.get(color, ""), placeholder="phrase from the prompt",
+                                description=color, style={"description_width": "70px"})
+            text.observe(lambda change, c=color: self.bindings.__setitem__(c, change["new"]), "value")
+            swatch = widgets.Button(disabled=True, layout=widgets.Layout(width="28px", height="28px"))
+            swatch.style.button_color = color
+            rows.append(widgets.HBox([swatch, text]))
+        self.binding_box.children = rows
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if files:
+            try:
+                self.load_image(PIL.Image.open(io.BytesIO(bytes(files[0]["content"]))))
+            except Exception as err:  # a bad file is reported on the pad; the strokes stay
+                self.status.value = f"<span style='color:#b00'>could not load {html.escape(files[0]['name'])}: {html.escape(str(err))}</span>"
+
+
+# The panel's methods: label -> how to call the pipeline with the panel's settings
+METHODS = {
+    "GradOP+": lambda pipe, prompt, image, s, kw: pipe.gradop_plus(prompt, image, s.strength, s.num_iterative_steps,
+                                                                     s.grad_steps_per_iter, **kw),
+    "GradOP": lambda pipe, prompt, image, s, kw: pipe.gradop(prompt, image, s.strength,
+                                                               s.grad_steps_per_iter * max(s.num_iterative_steps, 1), **kw),
+    "SDEdit": lambda pipe, prompt, image, s, kw: pipe.sdedit(prompt, image, s.strength, **kw),
+    "Text only": lambda pipe, prompt, image, s, kw: pipe.text2img(prompt, region_image=image if kw["regions"] else None,
+                                                                  **kw),
+}
+
+
+@dataclass
+class Settings:
+    """What the panel's sliders say, for one run."""
+    strength: float
+    num_iterative_steps: int
+    grad_steps_per_iter: int
+
+
+class SynthesisPanel(widgets.VBox):
+    """Prompt, method, sliders, seed and a Generate button that turns a `ScribblePad`'s painting into an image.
+
+    The progress bar follows the pipeline's `callback_on_step_end`; an error is shown in the panel
+    (the pad's strokes are only read, never changed). Every result joins the gallery with its settings;
+    "Compare methods" runs all of them on the same seed.
+
+    Args:
+        pipe (`GradOPPipeline`): the model, e.g. `load_pipeline("toy")`.
+        pad (`ScribblePad`): where the painting comes from.
+        prompt (`str`, *optional*): the initial prompt.
+        seed (`int`, *optional*, defaults to 0).
+        num_inference_steps (`int`, *optional*, defaults to 50).
+        work_size (`int`, *optional*): the longer side the model works at; defaults to the model's native size
+            (64 for the toy model, 512 for Stable Diffusion v1).
+    """
+
+    def __init__(self, pipe, pad: ScribblePad, prompt: str = "", seed: int = 0, num_inference_steps: int = 50,
+                 work_size: int | None = None):
+        if not isinstance(pad, ScribblePad):
+            raise TypeError(f"pad must be a ScribblePad, got {type(pad).__name__}")
+        factor = pipe.vae_scale_factor
+        work_size = work_size or pipe.unet.config.sample_size * factor
+        scale = work_size / max(pad.size)
+        self.work_height, self.work_width = (max(factor, int(side * scale) // factor * factor) for side in pad.size[::-1])
+        self.pipe, self.pad = pipe, pad
+        self.images: list[PIL.Image.Image] = []  # every result, in order (the gallery shows the last 8)
+        self.last_error: Exception | None = None
+
+        style = {"description_width": "150px"}
+        wide = widgets.Layout(width="420px")
+        self.prompt = widgets.Text(value=prompt, description="prompt", style=style, layout=widgets.Layout(width="560px"))
+        self.method = widgets.Dropdown(options=list(METHODS), value="GradOP+", description="method", style=style)
+        self.strength = widgets.FloatSlider(value=0.8, min=0.0, max=1.0, step=0.05, description="strength",
+                                            style=style, layout=wide)
+        self.num_iterative_steps = widgets.IntSlider(value=3, min=0, max=10, description="iterative steps (K)",
+                                                     style=style, layout=wide)
+        self.grad_steps_per_iter = widgets.IntSlider(value=12, min=0, max=48, description="gradient steps (N)",
+                                                     style=style, layout=wide)
+        self.region_weight = widgets.FloatSlider(value=0.4, min=0.0, max=2.0, step=0.1, description="region weight w′",
+                                                 style=style, layout=wide)
+        self.seed = widgets.IntText(value=seed, description="seed", style=style)
+        self.num_inference_steps = widgets.IntSlider(value=num_inference_steps, min=2, max=100, description="steps",
+                                                     style=style, layout=wide)
+        self.generate_button = widgets.Button(description="Generate", icon="paint-brush", button_style="primary")
+        self.generate_button.on_click(lambda _: self.generate())
+        self.compare_button = widgets.Button(description="Compare methods", icon="th")
+        self.compare_button.on_click(lambda _: self.compare())
+        self.progress = widgets.IntProgress(value=0, min=0, max=num_inference_steps, description="")
+        self.status = widgets.HTML()
+        self.output = widgets.Image(format="png", layout=widgets.Layout(width="256px", height="256px"))
+        self.gallery = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([
+            self.prompt, self.method, self.strength, self.num_iterative_steps, self.grad_steps_per_iter,
+            self.region_weight, self.num_inference_steps, self.seed,
+            widgets.HBox([self.generate_button, self.compare_button, self.progress]), self.status,
+            widgets.HBox([self.output]), self.gallery,
+        ])
+
+    def synthesize(self, method: str | None = None) -> PIL.Image.Image:
+        """Run `method` (a `METHODS` label; the dropdown's by default) on the pad's painting; errors propagate."""
+        method = method or self.method.value
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        steps = int(self.num_inference_steps.value)
+        self.progress.max, self.progress.value = steps, 0
+
+        def on_step(pipe, i, t, tensors):
+            self.progress.value = min(i + 1, steps)
+            return tensors
+
+        settings = Settings(float(self.strength.value), int(self.num_iterative_steps.value),
+                            int(self.grad_steps_per_iter.value))
+        kwargs = dict(num_inference_steps=steps, height=self.work_height, width=self.work_width,
+                      generator=torch.Generator("cpu").manual_seed(int(self.seed.value)),
+                      regions=self.pad.regions or None, region_weight=float(self.region_weight.value),
+                      callback_on_step_end=on_step)
+        out = METHODS[method](self.pipe, self.prompt.value, self.pad.image, settings, kwargs)
+        return out.images[0]
+
+    def generate(self, method: str | None = None) -> PIL.Image.Image | None:
+        """`synthesize`, then show the result; an error is shown in the panel and returned as None."""
+        method = method or self.method.value
+        self.status.value = f"{method}: running…"
+        self.generate_button.disabled = self.compare_button.disabled = True
+        try:
+            image = self.synthesize(method)
+        except Exception as err:  # shown to the user in the panel; the pad is untouched
+            self.last_error = err
+            self.status.value = f"<span style='color:#b00'><b>{type(err).__name__}</b>: {html.escape(str(err))}</span>"
+            return None
+        finally:
+            self.generate_button.disabled = self.compare_button.disabled = False
+        self.last_error = None
+        self.images.append(image)
+        self.output.value = _png(image.resize((256, 256 * image.height // image.width), PIL.Image.NEAREST))
+        caption = f"{method}, seed {self.seed.value}" + (f", {len(self.pad.regions)} regions" if self.pad.regions else "")
+        self.gallery.children = (self.gallery.children + (_tile(image, caption),))[-8:]
+        self.status.value = f"{caption}: done ({len(self.pad.strokes)} stroke(s), image {image.width}x{image.height})"
+        return image
+
+    def compare(self) -> list[PIL.Image.Image | None]:
+        """Every method on the same painting, prompt and seed, into the gallery."""
+        return [self.generate(method) for method in METHODS]
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tile(image, caption):
+    view = widgets.Image(value=_png(image.resize((128, 128 * image.height // image.width), PIL.Image.NEAREST)),
+                         format="png", layout=widgets.Layout(width="128px"))
+    return widgets.VBox([view, widgets.Label(caption)])
