@@ -1,6 +1,7 @@
 """Loading a pipeline by name: Stable Diffusion (hub id or folder), the bundled toy model, or tiny random weights."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -103,7 +104,26 @@ def _load_toy(scheduler):
     if not TOY_MODEL.is_dir():
         raise ModelUnavailableError(f"the toy model is missing from {TOY_MODEL}; reinstall gradop, or train it "
                                     "with `python -m gradop.toy.train`")
-    return GradOPPipeline.from_pretrained(TOY_MODEL, scheduler=scheduler, local_files_only=True)
+    # It loads in a fraction of a second: no loading bars (in a notebook they become widgets)
+    with _quiet_loading():
+        return GradOPPipeline.from_pretrained(TOY_MODEL, scheduler=scheduler, local_files_only=True)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown[0]:
+            diffusers_logging.enable_progress_bar()
+        if shown[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def _load_stable_diffusion(dtype, scheduler):

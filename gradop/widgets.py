@@ -92,6 +92,7 @@ class ScribblePad(widgets.VBox):
         self._drawing: Stroke | None = None
 
         self.canvas = MultiCanvas(2, width=width, height=height)
+        self.canvas.layout = widgets.Layout(width=f"{width}px", height=f"{height}px")  # one canvas pixel per screen pixel
         self.canvas[1].line_cap = self.canvas[1].line_join = "round"
         self.canvas.on_mouse_down(self.on_mouse_down)
         self.canvas.on_mouse_move(self.on_mouse_move)
@@ -271,8 +272,8 @@ METHODS = {
     "GradOP": lambda pipe, prompt, image, s, kw: pipe.gradop(prompt, image, s.strength,
                                                                s.grad_steps_per_iter * max(s.num_iterative_steps, 1), **kw),
     "SDEdit": lambda pipe, prompt, image, s, kw: pipe.sdedit(prompt, image, s.strength, **kw),
-    "Text only": lambda pipe, prompt, image, s, kw: pipe.text2img(prompt, region_image=image if kw["regions"] else None,
-                                                                  **kw),
+    "Text only": lambda pipe, prompt, image, s, kw: pipe.text2img(
+        prompt, region_image=image.resize((kw["width"], kw["height"]), PIL.Image.LANCZOS) if kw["regions"] else None, **kw),
 }
 
 
@@ -399,4 +400,5 @@ def _png(image: PIL.Image.Image) -> bytes:
 def _tile(image, caption):
     view = widgets.Image(value=_png(image.resize((128, 128 * image.height // image.width), PIL.Image.NEAREST)),
                          format="png", layout=widgets.Layout(width="128px"))
-    return widgets.VBox([view, widgets.Label(caption)])
+    label = widgets.HTML(f"<small>{html.escape(caption)}</small>", layout=widgets.Layout(width="128px"))
+    return widgets.VBox([view, label], layout=widgets.Layout(margin="0 6px 6px 0"))

@@ -1,0 +1,139 @@
+"""What the tutorial notebooks share: their configuration, the example paintings, and image grids.
+
+    from gradop.notebook import setup, image_grid
+    cfg = setup()      # reads GRADOP_MODEL (default "auto") and GRADOP_WORK_SIZE, loads the model
+    cfg.examples       # paintings from input-images/ (toy/ for the toy model) with prompts and colour phrases
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+INPUT_IMAGES = Path(__file__).resolve().parents[1] / "input-images"
+
+
+@dataclass
+class Example:
+    """A painting from `input-images/` with the prompt and colour phrases its manifest gives."""
+    name: str
+    painting: PIL.Image.Image
+    prompt: str
+    regions: dict = field(default_factory=dict)
+
+
+def load_examples(folder: str | Path, size: int | None = None) -> list[Example]:
+    """Every painting listed in `folder/manifest.json`, resized (Lanczos) to `size` x `size` when given."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(f"folder must hold a manifest.json of paintings, but {manifest} does not exist")
+    examples = []
+    for name, entry in json.loads(manifest.read_text()).items():
+        painting = PIL.Image.open(folder / name).convert("RGB")
+        if size is not None:
+            painting = painting.resize((size, size), PIL.Image.LANCZOS)
+        examples.append(Example(Path(name).stem, painting, entry["prompt"], entry.get("colors", {})))
+    return examples
+
+
+@dataclass
+class Config:
+    """One notebook's set-up: the model, the size it works at, and the paintings that suit it."""
+    pipe: object
+    model: str
+    is_toy: bool
+    work_size: int
+    device: torch.device
+    examples: list[Example]
+
+    def generator(self, seed: int = 0, n: int | None = None):
+        """A CPU generator (the same images on every device), or `n` of them seeded seed, seed+1, ..."""
+        if n is None:
+            return torch.Generator("cpu").manual_seed(seed)
+        return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+def setup(model: str | None = None, work_size: int | None = None, device=None) -> Config:
+    """Load the model a notebook runs on.
+
+    Args:
+        model: defaults to the `GRADOP_MODEL` environment variable, else ``"auto"``: Stable Diffusion v1.4
+            when it can be had and a GPU is there, otherwise the bundled toy model.
+        work_size: the image side to work at; defaults to `GRADOP_WORK_SIZE`, else the model's native size
+            (64 for the toy model, 512 for Stable Diffusion v1).
+    """
+    from .models import load_pipeline
+
+    model = model or os.environ.get("GRADOP_MODEL", "auto")
+    if model == "auto" and device is None and not torch.cuda.is_available():
+        # Stable Diffusion takes minutes per image on a CPU (and a 4 GB download): notebooks would stall
+        print("no GPU: using the toy model (set GRADOP_MODEL to a Stable Diffusion hub id or folder to insist)")
+        model = "toy"
+    pipe = load_pipeline(model, device=device)
+    pipe.set_progress_bar_config(disable=True)  # each run takes seconds here; figures stay uncluttered
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    work_size = int(work_size or os.environ.get("GRADOP_WORK_SIZE", 0) or native)
+    is_toy = getattr(pipe, "model_name", "").startswith("toy")
+    examples = load_examples(INPUT_IMAGES / "toy" if is_toy else INPUT_IMAGES, work_size)
+    print(f"model: {pipe.model_name} | work size {work_size}x{work_size} | device {pipe.device} | "
+          f"{len(examples)} example paintings from {'input-images/toy' if is_toy else 'input-images'}")
+    return Config(pipe, model, is_toy, work_size, pipe.device, examples)
+
+
+def to_array(image) -> np.ndarray:
+    """[H, W, 3] in [0, 1] from a PIL image or a [3, H, W] tensor."""
+    if isinstance(image, torch.Tensor):
+        return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+
+
+def to_batch(images) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] from PIL images."""
+    return torch.stack([torch.from_numpy(to_array(im)).permute(2, 0, 1) for im in images])
+
+
+def image_grid(rows, row_titles=None, col_titles=None, scale: float = 1.6, title: str | None = None):
+    """A matplotlib figure of images: `rows` is a list of lists of PIL images or [3, H, W] tensors."""
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + (0.3 if title else 0)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c < len(row) and row[c] is not None:
+                ax.imshow(to_array(row[c]), interpolation="nearest")
+            else:
+                ax.axis("off")
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[c], fontsize=8)
+            if c == 0 and row_titles:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def timed(fn, repeats: int = 3):
+    """(median seconds of `repeats` runs after one warm-up run, the last result)."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result

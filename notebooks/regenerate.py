@@ -1,0 +1,49 @@
+"""Re-run the tutorial notebooks in place on the toy model, CPU, offline: the committed outputs come from here.
+
+    python notebooks/regenerate.py                 # all five
+    python notebooks/regenerate.py 02_the_optimisation.ipynb
+
+Each notebook runs top to bottom in a fresh `python3` kernel; then widget state and run timestamps are
+dropped (readers see the figures; widgets need a live kernel anyway) and the size is checked (<= 2 MB).
+Every random draw goes through seeded generators, so a rerun gives the same figures on the same machine.
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+MAX_BYTES = 2 * 2**20
+
+
+def regenerate(path: Path) -> float:
+    notebook = nbformat.read(path, as_version=4)
+    os.environ.update(HF_HUB_OFFLINE="1", GRADOP_MODEL="toy")  # the kernel inherits these
+    os.environ.pop("GRADOP_WORK_SIZE", None)
+    start = time.perf_counter()
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+    seconds = time.perf_counter() - start
+    notebook.metadata.pop("widgets", None)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    for cell in notebook.cells:
+        cell.metadata.pop("execution", None)
+    nbformat.write(notebook, path)
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise SystemExit(f"{path.name} is {size / 2**20:.1f} MB, over the 2 MB limit: shrink its figures")
+    return seconds
+
+
+def main(argv=None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or sorted(p.name for p in HERE.glob("[0-9][0-9]_*.ipynb"))
+    for name in names:
+        seconds = regenerate(HERE / name)
+        print(f"{name}: {seconds:.0f} s, {(HERE / name).stat().st_size / 2**20:.2f} MB", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""A real browser: JupyterLab on 127.0.0.1 in headless Chromium (Debian's, driven by Playwright).
+
+Opens notebook 5, runs it, draws a stroke on the scribble pad with the mouse, clicks Generate, and checks
+that the kernel got the stroke and an image came back. The screenshot is kept in `test-artifacts/`
+(or `$GRADOP_TEST_ARTIFACTS`).
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = "05_scribble_pad.ipynb"
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[notebooks]')")
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"no browser: {CHROMIUM} is missing (Debian: apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """JupyterLab serving a copy of notebook 5 (the browser saves into the copy), with its own config dirs."""
+    work = tmp_path / "work"
+    work.mkdir()
+    notebook = nbformat.read(ROOT / "notebooks" / NOTEBOOK, as_version=4)
+    for cell in notebook.cells:  # a copy without outputs: what appears below was computed in this run
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(notebook, work / NOTEBOOK)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADOP_MODEL=os.environ.get("GRADOP_MODEL", "toy"))
+    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR",
+                 "JUPYTERLAB_WORKSPACES_DIR", "IPYTHONDIR", "MPLCONFIGDIR"):
+        env[name] = str(tmp_path / name.lower())
+    # Render every cell (no lazy windowing, so outputs below the fold exist) and ask no news questions
+    settings = tmp_path / "jupyterlab_settings_dir"
+    for plugin, value in (("notebook-extension/tracker", '{"windowingMode": "none"}'),
+                          ("apputils-extension/notification", '{"fetchNews": "false"}')):
+        path = settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
+    port, token = free_port(), "gradop-browser-test"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--LabApp.news_url=",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--allow-root"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "jupyterlab.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=1)
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"JupyterLab exited: {(tmp_path / 'jupyterlab.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield f"{url}/lab/tree/{NOTEBOOK}?token={token}&reset"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
+    artifacts = Path(os.environ.get("GRADOP_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        try:
+            page.goto(jupyterlab)
+            page.locator(".jp-Notebook").wait_for(timeout=120_000)
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+            page.locator(".jp-Cell").first.click()  # Run All acts on the notebook that has focus
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
+            # the notebook has run when its last checks are printed
+            page.get_by_text("the copy's painting is identical: True").wait_for(timeout=int(os.environ.get("GRADOP_BROWSER_TIMEOUT", 300)) * 1000)
+            status = page.get_by_text(re.compile(r"^\d+ stroke\(s\), \d+ points")).first
+            before = int(status.inner_text().split()[0])
+
+            canvas = page.locator(".jp-OutputArea canvas").last  # the top layer takes the mouse
+            canvas.scroll_into_view_if_needed()
+            box = canvas.bounding_box()
+            x0, y0 = box["x"] + 0.15 * box["width"], box["y"] + 0.3 * box["height"]
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            for k in range(1, 11):
+                page.mouse.move(x0 + 0.06 * k * box["width"], y0 + 0.02 * k * box["height"])
+            page.mouse.up()
+            page.get_by_text(re.compile(rf"^{before + 1} stroke\(s\)")).first.wait_for(timeout=60_000)
+
+            page.get_by_role("button", name="Generate").click()
+            done = page.get_by_text(re.compile(rf"GradOP\+, seed 0[^:]*: done \({before + 1} stroke\(s\)"))
+            done.wait_for(timeout=120_000)
+            output = page.locator(".jp-OutputArea img.widget-image").first
+            assert output.evaluate("img => img.complete && img.naturalWidth") > 0
+            page.screenshot(path=str(artifacts / "browser_scribble_pad.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(artifacts / "browser_scribble_pad_failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()

@@ -1,0 +1,53 @@
+"""`gradop.notebook`: the configuration, examples and figures the tutorial notebooks share."""
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import PIL.Image
+import pytest
+import torch
+
+from gradop.notebook import INPUT_IMAGES, image_grid, load_examples, setup, timed
+
+
+def test_examples_come_from_the_manifest_resized():
+    manifest = json.loads((INPUT_IMAGES / "toy" / "manifest.json").read_text())
+    examples = load_examples(INPUT_IMAGES / "toy", size=64)
+    assert [e.name + ".png" for e in examples] == list(manifest)
+    for e in examples:
+        assert e.painting.size == (64, 64) and e.painting.mode == "RGB"
+        assert e.prompt == manifest[e.name + ".png"]["prompt"]
+        assert all(phrase in e.prompt for phrase in e.regions.values())
+
+
+def test_a_folder_without_a_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="manifest.json"):
+        load_examples(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")
+def test_auto_without_a_gpu_uses_the_toy_model_and_its_paintings(monkeypatch, capsys):
+    monkeypatch.delenv("GRADOP_MODEL", raising=False)
+    monkeypatch.setenv("GRADOP_WORK_SIZE", "32")
+    cfg = setup()
+    assert cfg.is_toy and cfg.work_size == 32
+    assert {e.name for e in cfg.examples} == {p.stem for p in (INPUT_IMAGES / "toy").glob("*.png")}
+    assert all(e.painting.size == (32, 32) for e in cfg.examples)
+    assert "no GPU: using the toy model" in capsys.readouterr().out
+    assert [g.initial_seed() for g in cfg.generator(5, 3)] == [5, 6, 7]
+
+
+def test_image_grid_lays_out_rows_and_titles():
+    red = PIL.Image.new("RGB", (8, 8), (255, 0, 0))
+    fig = image_grid([[red, torch.zeros(3, 8, 8)], [red]], row_titles=["a", "b"], col_titles=["x", "y"])
+    axes = fig.axes
+    assert len(axes) == 4 and axes[0].get_title() == "x" and axes[2].get_ylabel() == "b"
+    assert axes[0].images[0].get_array()[0, 0].tolist() == [1.0, 0.0, 0.0]
+    assert not axes[3].axison  # the missing image leaves an empty cell
+
+
+def test_timed_runs_once_to_warm_up_then_repeats():
+    calls = []
+    seconds, result = timed(lambda: calls.append(1) or len(calls), repeats=3)
+    assert len(calls) == 4 and result == 4 and seconds >= 0
