@@ -9,7 +9,7 @@ gradient descent through the decoder, then re-noised to the current level (metho
 import inspect
 import warnings
 from collections.abc import Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -88,6 +88,9 @@ class GradOPPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._binding = None  # the region binding of the call in progress, read by `_denoise`
+        # Backward through the decoder computes only what the latent needs. False reproduces the release, whose
+        # decoder weights accumulate (unused) gradients: same images, more time and memory (benchmarks/).
+        self.freeze_decoder = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -306,7 +309,7 @@ class GradOPPipeline(DiffusionPipeline):
             history = []
             for _ in range(num_rounds):
                 # 3. Descend toward the painting: z̃ = argmin_z L(f(D(z)), y), starting at z_τ
-                with frozen(self.vae):
+                with self._decoder_for_guidance():
                     clean, losses = optimize_latents(latents, target, self._decode_for_loss, painting_fn,
                                                      grad_steps, lr, optimizer, blur_target)
                 history.append(losses)
@@ -531,7 +534,7 @@ class GradOPPipeline(DiffusionPipeline):
         """Optimise toward the painting, then re-noise the result as if clean to the current level t_{i+1}."""
         # The decoder expects variance-preserving latents: scale_model_input maps any scheduler's sample there
         start = x0 if x0 is not None else self.scheduler.scale_model_input(latents, t_next)
-        with frozen(self.vae):
+        with self._decoder_for_guidance():
             optimized, losses = optimize_latents(start, guide.target, self._decode_for_loss, guide.painting_function,
                                                  guide.grad_steps, guide.lr, guide.optimizer, guide.blur_target)
         guide.history.append(losses)
@@ -550,6 +553,9 @@ class GradOPPipeline(DiffusionPipeline):
         if kind == "v_prediction":
             return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output  # √ᾱ x_t − √(1−ᾱ) v̂
         return model_output
+
+    def _decoder_for_guidance(self):
+        return frozen(self.vae) if self.freeze_decoder else nullcontext(self.vae)
 
     def _decode_for_loss(self, latents):
         """D(z) in [0, 1] for the painting loss: clamp((D(z / s) + 1) / 2, 0, 1), gradients kept."""

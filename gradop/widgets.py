@@ -145,6 +145,14 @@ class ScribblePad(widgets.VBox):
         """Colour -> phrase for the colours painted and given a phrase: the pipelines' `regions=`."""
         return {c: p.strip() for c, p in self.bindings.items() if p.strip() and c in self.colors}
 
+    def bind(self, bindings: dict) -> None:
+        """Say what colours become, `{"#2d64af": "lake"}` (words of the prompt); shown in the binding rows."""
+        for color, phrase in bindings.items():
+            if not isinstance(phrase, str):
+                raise TypeError(f"bindings[{color!r}] must be a phrase (str), got {phrase!r}")
+            self.bindings[to_hex(parse_color(color, "bindings"))] = phrase
+        self._show_bindings()
+
     def set_color(self, color) -> None:
         self.color_picker.value = to_hex(parse_color(color))
         self.eraser.value = False

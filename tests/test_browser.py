@@ -88,7 +88,7 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
             # the notebook has run when its last checks are printed
-            page.get_by_text("the copy's painting is identical: True").wait_for(timeout=int(os.environ.get("GRADOP_BROWSER_TIMEOUT", 300)) * 1000)
+            page.get_by_text("the copy's painting is identical: True").wait_for(timeout=int(os.environ.get("GRADOP_BROWSER_TIMEOUT", 600)) * 1000)
             status = page.get_by_text(re.compile(r"^\d+ stroke\(s\), \d+ points")).first
             before = int(status.inner_text().split()[0])
 

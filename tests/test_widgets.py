@@ -187,6 +187,10 @@ def test_regions_are_the_painted_colours_with_a_phrase(pad):
     text_field = pad.binding_box.children[0].children[1]
     text_field.value = "barn"  # typing in the binding row updates the model
     assert pad.regions == {RED: "barn"}
+    pad.bind({"#C82828": "shed"})  # binding from code shows in the row
+    assert pad.regions == {RED: "shed"} and pad.binding_box.children[0].children[1].value == "shed"
+    with pytest.raises(TypeError, match="phrase"):
+        pad.bind({RED: 3})
 
 
 # ---------------------------------------------------------------------- the synthesis panel
