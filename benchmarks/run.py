@@ -11,7 +11,9 @@ The table is printed and appended, with device, versions, date and command, to b
 
 "released" is GradOP+ as the authors run it: fp32, the decoder's weights accumulating gradients, and
 attention without a fused kernel (torch 1.x had none). "gradop" is GradOP+ as this package runs it by
-default. The rows "+ X" are the released configuration with optimisation X alone.
+default. The rows "+ X" are the released configuration with optimisation X alone. "guidance decoder" is a
+small surrogate decoder used only inside the optimisation: the distilled one bundled with the toy model, or
+TAESD's architecture for sd-arch.
 """
 from __future__ import annotations
 
@@ -122,6 +124,8 @@ def variants(fast_dtype, with_compile: bool):
     }
     if fast_dtype != torch.float32:
         rows[f"+ {str(fast_dtype).split('.')[1]}"] = ("gradop_plus", released | dict(dtype=fast_dtype))
+    rows["+ guidance decoder"] = ("gradop_plus", released | dict(surrogate=True))
+    rows["gradop default + guidance decoder"] = ("gradop_plus", default | dict(surrogate=True))
     if with_compile:
         rows["+ torch.compile (UNet)"] = ("gradop_plus", released | dict(compile_unet=True))
     return rows
@@ -164,7 +168,23 @@ class PeakMemory:
             self.peak_mb = max(self._peak, self.rss_mb()) - self._start
 
 
-def measure(pipe, method, config, args, target):
+def surrogate_decoder(config: str, pipe):
+    """The small decoder GradOP+ can differentiate through: the bundled distilled one for the toy model,
+    TAESD's architecture (random weights, same cost) for sd-arch."""
+    from diffusers import AutoencoderTiny
+
+    from gradop.models import load_guidance_decoder
+
+    if config == "toy":
+        return load_guidance_decoder("toy", device=pipe.device)
+    torch.manual_seed(0)
+    return AutoencoderTiny().to(pipe.device).eval()  # TAESD's default configuration
+
+
+def measure(pipe, method, config, args, target, surrogate=None):
+    config = dict(config)
+    guidance = dict(guidance_decoder=surrogate) if config.pop("surrogate", False) else {}
+
     def call():
         generator = torch.Generator("cpu").manual_seed(0)
         common = dict(num_inference_steps=args.steps, generator=generator, height=args.size, width=args.size,
@@ -173,7 +193,9 @@ def measure(pipe, method, config, args, target):
             return pipe.text2img(PROMPT, **common)
         if method == "sdedit":
             return pipe.sdedit(PROMPT, target, 0.8, **common)
-        return pipe.gradop_plus(PROMPT, target, 0.8, 3, args.grad_steps, **common)
+        if guidance:
+            guidance["guidance_decoder"].to(dtype=pipe.dtype)
+        return pipe.gradop_plus(PROMPT, target, 0.8, 3, args.grad_steps, **common, **guidance)
 
     with configured(pipe, **config):
         call()  # warm-up
@@ -219,8 +241,9 @@ def main(argv=None) -> int:
     if args.only:
         rows = {k: v for k, v in rows.items() if k == "text2img" or k in args.only}
     results, reference = {}, None
+    surrogate = surrogate_decoder(args.config, pipe)
     for name, (method, config) in rows.items():
-        seconds, peak, images = measure(pipe, method, config, args, target)
+        seconds, peak, images = measure(pipe, method, config, args, target, surrogate)
         if name == "gradop+ released":
             reference = images
         # how far each GradOP+ variant's image is from the released configuration's (0 = identical)

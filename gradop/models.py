@@ -10,6 +10,8 @@ import torch
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
+TOY_TINY_DECODER = Path(__file__).parent / "toy" / "tiny_decoder"
+TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -143,3 +145,23 @@ def _load_stable_diffusion(dtype, scheduler):
         + f" ({type(last).__name__}). Download it once online (about 4 GB), pass a local pipeline folder "
         "with --model, or use the bundled toy model (--model toy; --model tiny is random weights)."
     )
+
+
+def load_guidance_decoder(name: str = "toy", device=None, dtype=None):
+    """A small decoder for GradOP's optimisation (`guidance_decoder=`): diffusers' `AutoencoderTiny`.
+
+    Args:
+        name: ``"toy"`` (distilled from the toy model's VAE, bundled: `python -m gradop.toy.distill`),
+            ``"taesd"`` (madebyollin/taesd, for Stable Diffusion v1/v2 latents), a hub id or a folder.
+    """
+    from diffusers import AutoencoderTiny
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be 'toy', 'taesd', a hub id or a folder, got {name!r}")
+    source = {"toy": TOY_TINY_DECODER, "taesd": TAESD}.get(name, name)
+    try:
+        decoder = AutoencoderTiny.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ModelUnavailableError(f"could not load guidance decoder '{name}': {err}") from None
+    device = resolve_device(device)
+    return decoder.to(device=device, dtype=resolve_dtype(dtype, device)).eval()

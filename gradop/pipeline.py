@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -61,6 +62,7 @@ class _PaintingGuide:
     blur_target: bool
     optimize_target: str
     generator: object
+    decoder: object = None  # the decoder differentiated through (the pipeline's VAE when None)
     history: list = field(default_factory=list)
     timesteps: list = field(default_factory=list)
 
@@ -140,6 +142,7 @@ class GradOPPipeline(DiffusionPipeline):
         painting_function="gaussian",
         blur_target: bool = False,
         optimize_target: str = "noisy",
+        guidance_decoder=None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -181,6 +184,10 @@ class GradOPPipeline(DiffusionPipeline):
                 compares with the raw painting, so its loss can never reach zero.
             optimize_target (`"noisy"` or `"x0"`, *optional*, defaults to `"noisy"`): optimise the current noisy
                 latent (as released) or the predicted clean latent x̂₀; either is then re-noised to the current level.
+            guidance_decoder (*optional*): a cheaper decoder used only inside the optimisation, e.g. diffusers'
+                `AutoencoderTiny` (TAESD) for Stable Diffusion, or `gradop.models.load_guidance_decoder("toy")`;
+                the final image is still decoded by the pipeline's VAE. It must map the same latents to images of
+                the same size (`decode(z / config.scaling_factor).sample` in [-1, 1]). Faster, slightly less faithful.
             output_type (`"pil"`, `"np"`, `"pt"` or `"latent"`, *optional*, defaults to `"pil"`).
             return_dict (`bool`, *optional*, defaults to `True`): return a `GradOPPipelineOutput`, else a tuple.
             callback_on_step_end (`Callable`, *optional*): `callback(pipe, step, timestep, tensors) -> dict`,
@@ -228,6 +235,7 @@ class GradOPPipeline(DiffusionPipeline):
             target=target, painting_function=get_painting_function(painting_function, target),
             steps=range(first, first + num_iterative_steps), grad_steps=grad_steps_per_iter, lr=lr,
             optimizer=optimizer, blur_target=blur_target, optimize_target=optimize_target, generator=generator,
+            decoder=self._check_guidance_decoder(guidance_decoder, height, width),
         )
 
         # 2. Encode the prompt (with the unconditional half for classifier-free guidance)
@@ -264,6 +272,7 @@ class GradOPPipeline(DiffusionPipeline):
         optimizer="adam",
         painting_function="gaussian",
         blur_target: bool = False,
+        guidance_decoder=None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -299,6 +308,7 @@ class GradOPPipeline(DiffusionPipeline):
         binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
                                      prompt, batch, height, width, paintings)
         painting_fn = get_painting_function(painting_function, target)
+        decoder = self._check_guidance_decoder(guidance_decoder, height, width)
         embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
         loop = dict(guidance_scale=guidance_scale, generator=generator, eta=eta, callback=callback_on_step_end,
                     callback_inputs=callback_on_step_end_tensor_inputs)
@@ -309,8 +319,9 @@ class GradOPPipeline(DiffusionPipeline):
             history = []
             for _ in range(num_rounds):
                 # 3. Descend toward the painting: z̃ = argmin_z L(f(D(z)), y), starting at z_τ
-                with self._decoder_for_guidance():
-                    clean, losses = optimize_latents(latents, target, self._decode_for_loss, painting_fn,
+                with self._decoder_for_guidance(decoder):
+                    clean, losses = optimize_latents(latents, target, partial(self._decode_for_loss, decoder=decoder),
+                                                     painting_fn,
                                                      grad_steps, lr, optimizer, blur_target)
                 history.append(losses)
                 # 4. Back to the target subspace: SDEdit from z̃
@@ -534,8 +545,9 @@ class GradOPPipeline(DiffusionPipeline):
         """Optimise toward the painting, then re-noise the result as if clean to the current level t_{i+1}."""
         # The decoder expects variance-preserving latents: scale_model_input maps any scheduler's sample there
         start = x0 if x0 is not None else self.scheduler.scale_model_input(latents, t_next)
-        with self._decoder_for_guidance():
-            optimized, losses = optimize_latents(start, guide.target, self._decode_for_loss, guide.painting_function,
+        with self._decoder_for_guidance(guide.decoder):
+            optimized, losses = optimize_latents(start, guide.target, partial(self._decode_for_loss, decoder=guide.decoder),
+                                                 guide.painting_function,
                                                  guide.grad_steps, guide.lr, guide.optimizer, guide.blur_target)
         guide.history.append(losses)
         guide.timesteps.append(int(t_next))
@@ -554,12 +566,30 @@ class GradOPPipeline(DiffusionPipeline):
             return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output  # √ᾱ x_t − √(1−ᾱ) v̂
         return model_output
 
-    def _decoder_for_guidance(self):
-        return frozen(self.vae) if self.freeze_decoder else nullcontext(self.vae)
+    def _decoder_for_guidance(self, decoder=None):
+        decoder = self.vae if decoder is None else decoder
+        return frozen(decoder) if self.freeze_decoder else nullcontext(decoder)
 
-    def _decode_for_loss(self, latents):
+    def _check_guidance_decoder(self, decoder, height, width):
+        """None, or a decoder that maps this pipeline's latents to images of the output size."""
+        if decoder is None:
+            return None
+        if not (callable(getattr(decoder, "decode", None)) and hasattr(getattr(decoder, "config", None), "scaling_factor")):
+            raise TypeError("guidance_decoder must be a diffusers autoencoder (AutoencoderTiny, AutoencoderKL) with "
+                            f"decode() and config.scaling_factor, got {type(decoder).__name__}")
+        latent = torch.zeros(1, self.vae.config.latent_channels, height // self.vae_scale_factor,
+                             width // self.vae_scale_factor, device=self.device, dtype=decoder.dtype)
+        with torch.no_grad():
+            size = tuple(decoder.decode(latent).sample.shape[-2:])
+        if size != (height, width):
+            raise ValueError(f"guidance_decoder turns this pipeline's {tuple(latent.shape[-2:])} latents into {size} "
+                             f"images, not ({height}, {width}): it must upsample by {self.vae_scale_factor} like the VAE")
+        return decoder
+
+    def _decode_for_loss(self, latents, decoder=None):
         """D(z) in [0, 1] for the painting loss: clamp((D(z / s) + 1) / 2, 0, 1), gradients kept."""
-        decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        decoder = self.vae if decoder is None else decoder
+        decoded = decoder.decode((latents / decoder.config.scaling_factor).to(decoder.dtype)).sample
         return ((decoded.float() + 1) / 2).clamp(0, 1)
 
     def _encode_images(self, images, batch, generator):

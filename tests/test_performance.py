@@ -60,3 +60,41 @@ def test_the_configuration_is_restored(pipe, painting):
     assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
     weight = next(p for p in pipe.unet.parameters() if p.ndim == 4)
     assert weight.is_contiguous()
+
+
+# ---------------------------------------------------------------------- guidance_decoder=
+def guided(pipe, painting, method="gradop_plus", **kwargs):
+    call = getattr(pipe, method)
+    args = (0.8, 3, 4) if method == "gradop_plus" else (0.6, 4)
+    return call("a red house", painting, *args, num_inference_steps=6, output_type="pt", generator=gen(0),
+                **kwargs).images
+
+
+@pytest.mark.parametrize("method", ["gradop_plus", "gradop"])
+def test_the_pipelines_own_vae_as_guidance_decoder_changes_nothing(pipe, painting, method):
+    assert torch.equal(guided(pipe, painting, method), guided(pipe, painting, method, guidance_decoder=pipe.vae))
+
+
+def test_a_small_guidance_decoder_steers_the_optimisation_only(pipe, painting):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    small = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, num_encoder_blocks=(1,) * 4,
+                            decoder_block_out_channels=(8,) * 4, num_decoder_blocks=(1,) * 4).eval()
+    out = pipe.gradop_plus("a red house", painting, 0.8, 3, 4, num_inference_steps=6, output_type="pt",
+                           generator=gen(0), guidance_decoder=small)
+    assert torch.isfinite(out.images).all()
+    assert not torch.equal(out.images, guided(pipe, painting))  # it did drive the descent
+    assert all(p.grad is None for p in small.parameters())  # frozen like the VAE
+    assert len(out.loss_history) == 3 and out.loss_history[0].shape == (4, 1)  # K windows of N steps, as usual
+
+
+def test_a_guidance_decoder_of_the_wrong_kind_or_scale_is_a_clear_error(pipe, painting):
+    from diffusers import AutoencoderTiny
+
+    with pytest.raises(TypeError, match="guidance_decoder"):
+        guided(pipe, painting, guidance_decoder=torch.nn.Identity())
+    four_x = AutoencoderTiny(encoder_block_out_channels=(8,) * 3, num_encoder_blocks=(1,) * 3,
+                             decoder_block_out_channels=(8,) * 3, num_decoder_blocks=(1,) * 3)
+    with pytest.raises(ValueError, match="upsample by 8"):
+        guided(pipe, painting, guidance_decoder=four_x)
