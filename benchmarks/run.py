@@ -193,11 +193,11 @@ def measure(pipe, method, config, args, target, surrogate=None):
             return pipe.text2img(PROMPT, **common)
         if method == "sdedit":
             return pipe.sdedit(PROMPT, target, 0.8, **common)
-        if guidance:
-            guidance["guidance_decoder"].to(dtype=pipe.dtype)
         return pipe.gradop_plus(PROMPT, target, 0.8, 3, args.grad_steps, **common, **guidance)
 
     with configured(pipe, **config):
+        if guidance:
+            guidance["guidance_decoder"].to(dtype=pipe.dtype)  # the surrogate runs in the models' dtype
         call()  # warm-up
         times, peaks = [], []
         for _ in range(args.repeats):

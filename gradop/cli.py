@@ -93,7 +93,7 @@ def output_paths(args, count: int) -> list[Path]:
 
 def toy_size(pipe, args) -> tuple[int | None, int | None]:
     """The toy model works at 64x64: a larger painting is worked at that scale (said), others at their own size."""
-    from .images import load_image
+    from .images import load_image, scaled_size
 
     if not getattr(pipe, "model_name", "").startswith("toy") or not args.img_path:
         return None, None
@@ -101,8 +101,7 @@ def toy_size(pipe, args) -> tuple[int | None, int | None]:
     w, h = load_image(args.img_path, "--img_path").size
     if max(w, h) <= native:
         return None, None
-    scale = native / max(w, h)
-    height, width = (max(factor, int(side * scale) // factor * factor) for side in (h, w))
+    height, width = scaled_size(w, h, native, factor)
     print(f"gradop: the toy model works at {native}x{native}; painting {w}x{h} is used at {width}x{height} "
           "(pass --height/--width to choose)", file=sys.stderr)
     return height, width

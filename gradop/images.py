@@ -104,6 +104,12 @@ def round_to_factor(side: int, name: str, factor: int) -> int:
     return side - side % factor
 
 
+def scaled_size(width: int, height: int, longest: int, factor: int) -> tuple[int, int]:
+    """(height, width) scaled so the longer side is `longest`, each rounded down to a multiple of `factor` (>= factor)."""
+    scale = longest / max(width, height)
+    return tuple(max(factor, int(side * scale) // factor * factor) for side in (height, width))
+
+
 def output_size(image: PIL.Image.Image, height, width, factor: int, name: str = "image") -> tuple[int, int]:
     """(height, width) of the output: explicit values, else the image's own size, as multiples of `factor`."""
     w, h = image.size

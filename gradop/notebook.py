@@ -95,8 +95,10 @@ def to_array(image) -> np.ndarray:
 
 
 def to_batch(images) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] from PIL images."""
-    return torch.stack([torch.from_numpy(to_array(im)).permute(2, 0, 1) for im in images])
+    """[B, 3, H, W] in [0, 1] from PIL images (or anything `load_image` takes)."""
+    from .metrics import _batch01
+
+    return _batch01(list(images))
 
 
 def image_grid(rows, row_titles=None, col_titles=None, scale: float = 1.6, title: str | None = None):

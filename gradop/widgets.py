@@ -24,7 +24,7 @@ import PIL.ImageDraw
 import torch
 from ipycanvas import MultiCanvas, hold_canvas
 
-from .images import load_image
+from .images import load_image, scaled_size
 from .regions import parse_color, to_hex
 from .toy.world import BASE_COLORS, ROOF_COLOR
 
@@ -143,7 +143,8 @@ class ScribblePad(widgets.VBox):
     @property
     def regions(self) -> dict[str, str]:
         """Colour -> phrase for the colours painted and given a phrase: the pipelines' `regions=`."""
-        return {c: p.strip() for c, p in self.bindings.items() if p.strip() and c in self.colors}
+        painted = set(self.colors)
+        return {c: p.strip() for c, p in self.bindings.items() if p.strip() and c in painted}
 
     def bind(self, bindings: dict) -> None:
         """Say what colours become, `{"#2d64af": "lake"}` (words of the prompt); shown in the binding rows."""
@@ -316,8 +317,7 @@ class SynthesisPanel(widgets.VBox):
             raise TypeError(f"pad must be a ScribblePad, got {type(pad).__name__}")
         factor = pipe.vae_scale_factor
         work_size = work_size or pipe.unet.config.sample_size * factor
-        scale = work_size / max(pad.size)
-        self.work_height, self.work_width = (max(factor, int(side * scale) // factor * factor) for side in pad.size[::-1])
+        self.work_height, self.work_width = scaled_size(*pad.size, work_size, factor)
         self.pipe, self.pad = pipe, pad
         self.images: list[PIL.Image.Image] = []  # every result, in order (the gallery shows the last 8)
         self.last_error: Exception | None = None

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler
 from tqdm.auto import tqdm
 
 from ..painting import GaussianBlur
-from .train import encode_posteriors, scenes_tensors
+from .train import decode_images, encode_posteriors, scenes_tensors
 from .world import make_scene
 
 PACKAGE = Path(__file__).parent
@@ -54,8 +54,7 @@ def distill(args) -> Path:
         # waste steps, so t is uniform over the schedule
         alpha_bar = alphas_cumprod[torch.randint(1000, (args.batch,), generator=generator)].view(-1, 1, 1, 1)
         zt = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * torch.randn(z0.shape, generator=generator)
-        with torch.no_grad():
-            target = ((teacher.decode(zt / scale).sample + 1) / 2).clamp(0, 1)
+        target = decode_images(teacher, zt / scale)
         output = ((student.decode(zt / scale).sample + 1) / 2).clamp(0, 1)
         loss = F.l1_loss(output, target) + F.l1_loss(blur(output), blur(target))
         optimizer.zero_grad(set_to_none=True)

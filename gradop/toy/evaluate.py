@@ -7,7 +7,6 @@ generator, so the numbers are reproducible.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from ..metrics import realism, semantic_accuracy
+from ..notebook import timed
 from ..painting import GaussianBlur
 from ..regions import to_hex
 from .judge import FLAT, JUDGE_CLASSES, judge_patches, load_judge, patch_labels
@@ -99,16 +99,8 @@ def evaluate(args) -> Path:
               f"**{text_named:.0%}** of {named} (target ≥ 80 %; in the held-out scenes themselves: {real_named:.0%}).\n"]
 
     # 4. Speed on this machine
-    def timed(fn, repeats=5):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-    t_text = timed(lambda: pipe.text2img(captions[0], generator=_gens(1)[0]))
-    t_plus = timed(lambda: pipe.gradop_plus(captions[0], scenes[0].painting, generator=_gens(1)[0]))
+    t_text, _ = timed(lambda: pipe.text2img(captions[0], generator=_gens(1)[0]), repeats=5)
+    t_plus, _ = timed(lambda: pipe.gradop_plus(captions[0], scenes[0].painting, generator=_gens(1)[0]), repeats=5)
     lines += ["## Speed", f"64×64, 50 steps, {torch.get_num_threads()} threads: `text2img` **{t_text:.2f} s** "
               f"(target ≤ 1.5 s), `gradop_plus` with the released defaults **{t_plus:.2f} s** (target ≤ 3 s).\n"]
 
