@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--region-weight", type=float, default=0.4, help="strength of the region binding (0.1-1 is usual)")
     more.add_argument("--region-step-fraction", type=float, default=1.0,
                       help="the binding applies during this first fraction of the steps")
+    more.add_argument("--guidance-decoder", default="model",
+                      help="the decoder GradOP's optimisation differentiates through: model (the model's own: the toy's "
+                           "distilled one, Stable Diffusion's full VAE), full (the VAE, as released), taesd, or a folder")
     more.add_argument("--output", default=None, help="output PNG path (default: outputs/<painting>_<method>_seed<seed>.png); "
                                                       "several images get _0, _1, ... before the suffix")
     return p
@@ -107,6 +110,17 @@ def toy_size(pipe, args) -> tuple[int | None, int | None]:
     return height, width
 
 
+def guidance_decoder(pipe, choice: str) -> dict:
+    """--guidance-decoder as the pipeline's keyword: {} keeps the model's own choice."""
+    from .models import load_guidance_decoder
+
+    if choice == "model":
+        return {}
+    if choice == "full":
+        return {"guidance_decoder": pipe.vae}
+    return {"guidance_decoder": load_guidance_decoder(choice, device=pipe.device, dtype=pipe.dtype)}
+
+
 def save_atomically(image, path: Path) -> None:
     """Write to a temporary file beside `path`, then rename: a crash never leaves half a PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +165,7 @@ def run(args) -> list[Path]:
     resolve_dtype(args.dtype, resolve_device(args.device))
     make_scheduler(args.scheduler)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+    guidance = guidance_decoder(pipe, args.guidance_decoder) if args.method in ("gradop+", "gradop") else {}
     generator = torch.Generator("cpu").manual_seed(args.seed)
     height, width = toy_size(pipe, args) if args.height is None and args.width is None else (args.height, args.width)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
@@ -158,9 +173,11 @@ def run(args) -> list[Path]:
                   regions=regions or None, region_weight=args.region_weight,
                   region_step_fraction=args.region_step_fraction)
     if args.method == "gradop+":
-        out = pipe.gradop_plus(prompt, args.img_path, args.strength, args.num_iterative_steps, args.grad_steps_per_iter, **common)
+        out = pipe.gradop_plus(prompt, args.img_path, args.strength, args.num_iterative_steps, args.grad_steps_per_iter,
+                               **common, **guidance)
     elif args.method == "gradop":
-        out = pipe.gradop(prompt, args.img_path, args.strength, args.grad_steps_per_iter * max(args.num_iterative_steps, 1), **common)
+        out = pipe.gradop(prompt, args.img_path, args.strength, args.grad_steps_per_iter * max(args.num_iterative_steps, 1),
+                          **common, **guidance)
     elif args.method == "sdedit":
         out = pipe.sdedit(prompt, args.img_path, args.strength, **common)
     else:

@@ -10,7 +10,7 @@ import torch
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
-TOY_TINY_DECODER = Path(__file__).parent / "toy" / "tiny_decoder"
+TOY_GUIDANCE_DECODER = TOY_MODEL / "guidance_decoder"  # the toy pipeline's own guidance_decoder component
 TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -92,7 +92,9 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
     pipe.model_name = said
     if verbose:
-        print(f"gradop: model {said} on {device} ({str(dtype).replace('torch.', '')})", file=sys.stderr)
+        guided = "; GradOP guides through its small guidance_decoder (pass guidance_decoder=pipe.vae for the full one)" \
+            if pipe.guidance_decoder is not None else ""
+        print(f"gradop: model {said} on {device} ({str(dtype).replace('torch.', '')}){guided}", file=sys.stderr)
     return pipe
 
 
@@ -158,7 +160,7 @@ def load_guidance_decoder(name: str = "toy", device=None, dtype=None):
 
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be 'toy', 'taesd', a hub id or a folder, got {name!r}")
-    source = {"toy": TOY_TINY_DECODER, "taesd": TAESD}.get(name, name)
+    source = {"toy": TOY_GUIDANCE_DECODER, "taesd": TAESD}.get(name, name)
     try:
         decoder = AutoencoderTiny.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
     except (OSError, ValueError, EnvironmentError) as err:

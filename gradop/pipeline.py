@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -78,15 +78,21 @@ class GradOPPipeline(DiffusionPipeline):
         unet ([`UNet2DConditionModel`]): the text-conditioned denoiser.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; `from_pretrained` defaults to the
             released DDIM configuration (`gradop.schedulers.RELEASED_DDIM_CONFIG`).
+        guidance_decoder ([`AutoencoderTiny`], *optional*): a small decoder that GradOP and GradOP+
+            differentiate through instead of the VAE's when a call passes none. Stable Diffusion checkpoints
+            have none (the release's full-decoder optimisation); the toy model ships one distilled from its VAE
+            (`gradop.toy.distill`), which makes guidance on a CPU nearly free (benchmarks/RESULTS.md).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["guidance_decoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: SchedulerMixin):
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, guidance_decoder: AutoencoderTiny | None = None):
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              guidance_decoder=guidance_decoder)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._binding = None  # the region binding of the call in progress, read by `_denoise`
@@ -184,10 +190,12 @@ class GradOPPipeline(DiffusionPipeline):
                 compares with the raw painting, so its loss can never reach zero.
             optimize_target (`"noisy"` or `"x0"`, *optional*, defaults to `"noisy"`): optimise the current noisy
                 latent (as released) or the predicted clean latent x̂₀; either is then re-noised to the current level.
-            guidance_decoder (*optional*): a cheaper decoder used only inside the optimisation, e.g. diffusers'
-                `AutoencoderTiny` (TAESD) for Stable Diffusion, or `gradop.models.load_guidance_decoder("toy")`;
-                the final image is still decoded by the pipeline's VAE. It must map the same latents to images of
-                the same size (`decode(z / config.scaling_factor).sample` in [-1, 1]). Faster, slightly less faithful.
+            guidance_decoder (*optional*, defaults to the pipeline's `guidance_decoder` component, else its VAE):
+                the decoder the optimisation differentiates through, e.g. diffusers' `AutoencoderTiny` (TAESD) for
+                Stable Diffusion, or `gradop.models.load_guidance_decoder("toy")`; the final image is always decoded
+                by the pipeline's VAE. Pass `pipe.vae` for the full decoder (the release's choice). It must map the
+                same latents to images of the same size (`decode(z / config.scaling_factor).sample` in [-1, 1]).
+                A small one is much faster and slightly less faithful (benchmarks/RESULTS.md).
             output_type (`"pil"`, `"np"`, `"pt"` or `"latent"`, *optional*, defaults to `"pil"`).
             return_dict (`bool`, *optional*, defaults to `True`): return a `GradOPPipelineOutput`, else a tuple.
             callback_on_step_end (`Callable`, *optional*): `callback(pipe, step, timestep, tensors) -> dict`,
@@ -571,8 +579,10 @@ class GradOPPipeline(DiffusionPipeline):
         return frozen(decoder) if self.freeze_decoder else nullcontext(decoder)
 
     def _check_guidance_decoder(self, decoder, height, width):
-        """None, or a decoder that maps this pipeline's latents to images of the output size."""
-        if decoder is None:
+        """The decoder the optimisation differentiates through (None: the VAE), checked to map this pipeline's
+        latents to images of the output size. A call's choice wins over the pipeline's component."""
+        decoder = self.guidance_decoder if decoder is None else decoder
+        if decoder is None or decoder is self.vae:
             return None
         if not (callable(getattr(decoder, "decode", None)) and hasattr(getattr(decoder, "config", None), "scaling_factor")):
             raise TypeError("guidance_decoder must be a diffusers autoencoder (AutoencoderTiny, AutoencoderKL) with "

@@ -1,7 +1,7 @@
 """Distil the toy VAE's decoder into a tiny one (diffusers' `AutoencoderTiny`, the class of TAESD) that
 GradOP+ can differentiate through instead of the full decoder (`guidance_decoder=`).
 
-    python -m gradop.toy.distill          # writes gradop/toy/tiny_decoder/ (seed 0, a few minutes on a CPU)
+    python -m gradop.toy.distill          # writes gradop/toy/model/guidance_decoder/ (seed 0, a few minutes on a CPU)
 
 The optimisation decodes *noisy* latents (GradOP+ works on z_t early in the schedule), so the student
 learns the teacher on z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε at every noise level, not only on clean latents.
@@ -10,6 +10,7 @@ Loss: L1 on the images plus L1 on their Gaussian-blurred versions (what the pain
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .train import decode_images, encode_posteriors, scenes_tensors
 from .world import make_scene
 
 PACKAGE = Path(__file__).parent
-TINY_DECODER = PACKAGE / "tiny_decoder"
+TINY_DECODER = PACKAGE / "model" / "guidance_decoder"  # the toy pipeline's guidance_decoder component
 
 
 def tiny_decoder(scaling_factor: float) -> AutoencoderTiny:
@@ -65,6 +66,10 @@ def distill(args) -> Path:
     student.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(args.out, safe_serialization=True)
+    # AutoencoderTiny saves an alias `block_out_channels` that its own loader then warns about: drop it
+    config = json.loads((args.out / "config.json").read_text())
+    config.pop("block_out_channels", None)
+    (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     print(f"distilled in {(time.perf_counter() - start) / 60:.1f} min, final loss {loss.item():.4f}; wrote {args.out}")
     return args.out
 
