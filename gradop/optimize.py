@@ -12,6 +12,7 @@ import warnings
 from typing import Callable
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -27,6 +28,51 @@ def frozen(module: torch.nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def decode_in_tiles(decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, tile: int,
+                    overlap: int) -> torch.Tensor:
+    """`decode(latents)` put together from overlapping `tile`-sized latent tiles, for large images.
+
+    Each tile is decoded under activation checkpointing, so backward recomputes one tile at a time: memory
+    holds one tile's activations instead of the whole image's. Tiles are blended with linear ramps across
+    the overlap, normalised by the summed weights (so a pixel only one tile covers is that tile's):
+        D̃(z) = Σ_i w_i · D(z_i) / Σ_i w_i
+    The decoder sees each tile alone, so the result is close to, not equal to, `decode(latents)`.
+    """
+    height, width = latents.shape[-2:]
+    if height <= tile and width <= tile:
+        return decode(latents)
+    tiles = []
+    for top in _tile_starts(height, tile, overlap):
+        for left in _tile_starts(width, tile, overlap):
+            part = latents[..., top:top + tile, left:left + tile]
+            tiles.append((top, left, checkpoint(decode, part, use_reentrant=False)))
+    first = tiles[0][2]
+    scale = first.shape[-1] // min(tile, width)  # the decoder's upsampling
+    image = first.new_zeros(*first.shape[:-2], height * scale, width * scale)
+    total = first.new_zeros(height * scale, width * scale)
+    for top, left, decoded in tiles:
+        h, w = decoded.shape[-2:]
+        weight = _ramp(h, overlap * scale, image)[:, None] * _ramp(w, overlap * scale, image)
+        rows, cols = slice(top * scale, top * scale + h), slice(left * scale, left * scale + w)
+        image[..., rows, cols] += weight * decoded
+        total[rows, cols] += weight
+    return image / total
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile offsets that cover `size` with at least `overlap` shared; the last tile ends at the border."""
+    if size <= tile:
+        return [0]
+    return list(range(0, size - tile, tile - overlap)) + [size - tile]
+
+
+def _ramp(length: int, overlap: int, like: torch.Tensor) -> torch.Tensor:
+    """1 in the middle, falling linearly to ~0 (never 0) over `overlap` pixels at both ends."""
+    position = torch.arange(length, device=like.device, dtype=torch.float32) + 0.5
+    edge = torch.minimum(position, length - position)
+    return (edge / max(overlap, 1)).clamp(max=1).to(like.dtype)
 
 
 def make_optimizer(spec, params, lr: float) -> torch.optim.Optimizer:

@@ -25,7 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import checks
 from .images import check_side, load_image, output_size
-from .optimize import frozen, optimize_latents
+from .optimize import decode_in_tiles, frozen, optimize_latents
 from .painting import get_painting_function
 from .regions import AttentionStore, RegionBinding, attention_control, bind_regions
 from .schedulers import make_scheduler
@@ -81,7 +81,8 @@ class GradOPPipeline(DiffusionPipeline):
         guidance_decoder ([`AutoencoderTiny`], *optional*): a small decoder that GradOP and GradOP+
             differentiate through instead of the VAE's when a call passes none. Stable Diffusion checkpoints
             have none (the release's full-decoder optimisation); the toy model ships one distilled from its VAE
-            (`gradop.toy.distill`), which makes guidance on a CPU nearly free (benchmarks/RESULTS.md).
+            (`gradop.toy.distill`), which makes GradOP+ on a CPU nearly as cheap as text-only sampling at the same
+            faithfulness; GradOP's longer descent loses a little through it (reports/toy/report.md).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -597,10 +598,20 @@ class GradOPPipeline(DiffusionPipeline):
         return decoder
 
     def _decode_for_loss(self, latents, decoder=None):
-        """D(z) in [0, 1] for the painting loss: clamp((D(z / s) + 1) / 2, 0, 1), gradients kept."""
+        """D(z) in [0, 1] for the painting loss: clamp((D(z / s) + 1) / 2, 0, 1), gradients kept.
+
+        After diffusers' `decoder.enable_tiling()` it is decoded in tiles of the decoder's tile size and
+        overlap, each recomputed in the backward pass (`decode_in_tiles`): memory for large images."""
         decoder = self.vae if decoder is None else decoder
-        decoded = decoder.decode((latents / decoder.config.scaling_factor).to(decoder.dtype)).sample
-        return ((decoded.float() + 1) / 2).clamp(0, 1)
+
+        def decode(z):
+            decoded = decoder.decode((z / decoder.config.scaling_factor).to(decoder.dtype)).sample
+            return ((decoded.float() + 1) / 2).clamp(0, 1)
+
+        if getattr(decoder, "use_tiling", False):
+            tile = decoder.tile_latent_min_size
+            return decode_in_tiles(decode, latents, tile, min(int(tile * decoder.tile_overlap_factor), tile // 2))
+        return decode(latents)
 
     def _encode_images(self, images, batch, generator):
         """Posterior samples of the VAE, scaled; one image per generator when given a list (as diffusers)."""
@@ -618,6 +629,11 @@ class GradOPPipeline(DiffusionPipeline):
             images = latents
         else:
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0].float()
+            expected = tuple(side * self.vae_scale_factor for side in latents.shape[-2:])
+            if tuple(decoded.shape[-2:]) != expected:  # diffusers' tiled decoding, with tiles that do not fit
+                raise ValueError(f"pipe.vae.enable_tiling() decoded a {expected} image as {tuple(decoded.shape[-2:])}: "
+                                 "set pipe.vae.tile_latent_min_size to a multiple of 4 (and tile_sample_min_size to "
+                                 f"{self.vae_scale_factor}x it), or disable tiling")
             if not torch.isfinite(decoded).all():
                 raise FloatingPointError("the decoded image contains NaN/inf (half precision overflow?); "
                                          "load the models in dtype=torch.float32 or torch.bfloat16")
