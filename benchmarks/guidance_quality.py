@@ -15,7 +15,6 @@ import torch
 
 from gradop import load_pipeline
 from gradop.metrics import realism
-from gradop.models import load_guidance_decoder
 from gradop.toy.evaluate import faithfulness
 from gradop.toy.train import HELD_OUT_SEED, scenes_tensors
 from gradop.toy.world import make_scene
@@ -30,7 +29,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     pipe = load_pipeline("toy", device="cpu", verbose=False)
     pipe.set_progress_bar_config(disable=True)
-    small = load_guidance_decoder("toy", device="cpu")  # the same weights as pipe.guidance_decoder, loaded on its own
+    small = pipe.guidance_decoder  # the distilled decoder the toy pipeline ships (load_guidance_decoder("toy"))
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
     _, paintings, _, captions = scenes_tensors(scenes)
     rows = {}

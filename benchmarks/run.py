@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -187,8 +188,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             return self
         self._start, self._peak, self._running = self.rss_mb(), 0.0, True
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        if self.sample:
+        self._thread = threading.Thread(target=self._sample, daemon=True) if self.sample else None
+        if self._thread:
             self._thread.start()
         return self
 
@@ -203,7 +204,7 @@ class PeakMemory:
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:
             self._running = False
-            if self.sample:
+            if self._thread:
                 self._thread.join()
             self.peak_mb = max(self._peak, self.rss_mb()) - self._start
 
@@ -213,10 +214,8 @@ def surrogate_decoder(config: str, pipe):
     TAESD's architecture (random weights, same cost) for sd-arch."""
     from diffusers import AutoencoderTiny
 
-    from gradop.models import load_guidance_decoder
-
     if config == "toy":
-        return load_guidance_decoder("toy", device=pipe.device)
+        return pipe.guidance_decoder  # the distilled decoder the toy pipeline ships
     torch.manual_seed(0)
     return AutoencoderTiny().to(pipe.device).eval()  # TAESD's default configuration
 
@@ -234,18 +233,25 @@ def run_once(pipe, row, args, target, surrogate, batch: int):
             extra = dict(guidance_decoder=surrogate)
         common = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(0),
                       height=args.size, width=args.size, num_images_per_prompt=batch, output_type="pt")
-        with PeakMemory(pipe.device, sample=args.peaks_only) as memory:
-            start = time.perf_counter()
-            if method == "text2img":
-                output = pipe.text2img(PROMPT, **common)
-            elif method == "sdedit":
-                output = pipe.sdedit(PROMPT, target, 0.8, **common)
-            else:
-                output = pipe.gradop_plus(PROMPT, target, 0.8, 3, args.grad_steps, **common, **extra)
-            if pipe.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-    return seconds, memory.peak_mb, output.images.float().cpu()
+        if method == "text2img":
+            call = partial(pipe.text2img, PROMPT, **common)
+        elif method == "sdedit":
+            call = partial(pipe.sdedit, PROMPT, target, 0.8, **common)
+        else:
+            call = partial(pipe.gradop_plus, PROMPT, target, 0.8, 3, args.grad_steps, **common, **extra)
+        seconds, peak, output = timed_call(call, pipe.device, sample=args.peaks_only)
+    return seconds, peak, output.images.float().cpu()
+
+
+def timed_call(call, device: torch.device, sample: bool):
+    """(seconds, peak MB, call()) of one call, a GPU synchronised before the clock stops."""
+    with PeakMemory(device, sample) as memory:
+        start = time.perf_counter()
+        result = call()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, memory.peak_mb, result
 
 
 def measure(pipe, rows, args, target, surrogate, batch: int | None = None):
@@ -287,28 +293,23 @@ def peaks_only(pipe, rows, args, target, surrogate) -> dict:
 def decoder_memory(pipe, args, dtype) -> dict:
     """Forward + backward through the full decoder alone at `--size` (what one gradient step costs):
     frozen weights; + gradient checkpointing; + tiled decoding. name -> (median seconds, peak MB)."""
+    from gradop.optimize import frozen
+
     latents = torch.randn(1, pipe.vae.config.latent_channels, args.size // pipe.vae_scale_factor,
                           args.size // pipe.vae_scale_factor, generator=torch.Generator().manual_seed(0))
     latents = latents.to(pipe.device, dtype)
     results = {}
     for name, config in {"frozen decoder": {}, "+ decoder checkpointing": dict(checkpointing=True),
                          f"+ tiled decoding ({args.tile}-latent tiles)": dict(tile=args.tile)}.items():
-        times, peaks = [], []
-        with configured(pipe, dtype=dtype, **config), pipe._decoder_for_guidance():
-            for round_ in range(args.repeats + 1):
-                z = latents.clone().requires_grad_(True)
-                with PeakMemory(pipe.device, sample=args.peaks_only) as memory:
-                    start = time.perf_counter()
-                    pipe._decode_for_loss(z).square().mean().backward()
-                    if pipe.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    seconds = time.perf_counter() - start
-                if round_ or args.peaks_only:  # a child measuring peaks takes the first call (see cpu_peaks)
-                    times.append(seconds)
-                    peaks.append(memory.peak_mb)
-                if args.peaks_only:
-                    break
-        results[name] = (statistics.median(times), max(peaks))
+        def step():
+            pipe._decode_for_loss(latents.clone().requires_grad_(True)).square().mean().backward()
+
+        with configured(pipe, dtype=dtype, **config), frozen(pipe.vae):
+            # a child measuring peaks takes the first call (see cpu_peaks); timing runs drop the warm-up
+            calls = [timed_call(step, pipe.device, sample=args.peaks_only)
+                     for _ in range(1 if args.peaks_only else args.repeats + 1)]
+        measured = calls if args.peaks_only else calls[1:]
+        results[name] = (statistics.median(c[0] for c in measured), max(c[1] for c in measured))
         print(f"decoder {name:<32} {results[name][0]:8.2f} s  {results[name][1]:9.0f} MB", flush=True,
               file=sys.stderr)
     return results

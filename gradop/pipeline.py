@@ -328,10 +328,8 @@ class GradOPPipeline(DiffusionPipeline):
             history = []
             for _ in range(num_rounds):
                 # 3. Descend toward the painting: z̃ = argmin_z L(f(D(z)), y), starting at z_τ
-                with self._decoder_for_guidance(decoder):
-                    clean, losses = optimize_latents(latents, target, partial(self._decode_for_loss, decoder=decoder),
-                                                     painting_fn,
-                                                     grad_steps, lr, optimizer, blur_target)
+                clean, losses = self._descend(latents, target, painting_fn, grad_steps, lr, optimizer, blur_target,
+                                              decoder)
                 history.append(losses)
                 # 4. Back to the target subspace: SDEdit from z̃
                 latents = self._sdedit_latents(clean.to(latents.dtype), strength, embeds, num_inference_steps, **loop)
@@ -554,10 +552,8 @@ class GradOPPipeline(DiffusionPipeline):
         """Optimise toward the painting, then re-noise the result as if clean to the current level t_{i+1}."""
         # The decoder expects variance-preserving latents: scale_model_input maps any scheduler's sample there
         start = x0 if x0 is not None else self.scheduler.scale_model_input(latents, t_next)
-        with self._decoder_for_guidance(guide.decoder):
-            optimized, losses = optimize_latents(start, guide.target, partial(self._decode_for_loss, decoder=guide.decoder),
-                                                 guide.painting_function,
-                                                 guide.grad_steps, guide.lr, guide.optimizer, guide.blur_target)
+        optimized, losses = self._descend(start, guide.target, guide.painting_function, guide.grad_steps, guide.lr,
+                                          guide.optimizer, guide.blur_target, guide.decoder)
         guide.history.append(losses)
         guide.timesteps.append(int(t_next))
         noise = randn_tensor(optimized.shape, generator=guide.generator, device=optimized.device, dtype=torch.float32)
@@ -575,9 +571,11 @@ class GradOPPipeline(DiffusionPipeline):
             return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output  # √ᾱ x_t − √(1−ᾱ) v̂
         return model_output
 
-    def _decoder_for_guidance(self, decoder=None):
-        decoder = self.vae if decoder is None else decoder
-        return frozen(decoder) if self.freeze_decoder else nullcontext(decoder)
+    def _descend(self, start, target, painting_function, steps, lr, optimizer, blur_target, decoder=None):
+        """`optimize_latents` through `decoder` (None: the VAE), its weights frozen unless `freeze_decoder` is off."""
+        with frozen(self.vae if decoder is None else decoder) if self.freeze_decoder else nullcontext():
+            return optimize_latents(start, target, partial(self._decode_for_loss, decoder=decoder), painting_function,
+                                    steps, lr, optimizer, blur_target)
 
     def _check_guidance_decoder(self, decoder, height, width):
         """The decoder the optimisation differentiates through (None: the VAE), checked to map this pipeline's
