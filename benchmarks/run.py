@@ -14,8 +14,8 @@ is printed and appended, with device, versions, date and command, to benchmarks/
 
 "released" is GradOP+ as the authors run it: fp32, the full decoder with its weights accumulating gradients,
 and attention without a fused kernel (torch 1.x had none). "gradop default" is GradOP+ as this package runs
-it by default (for the toy model: through its distilled guidance decoder). The rows "+ X" are the released
-configuration with optimisation X alone. "guidance decoder" is a small surrogate decoder used only inside
+it by default (for the toy model: through its distilled painting decoder). The rows "+ X" are the released
+configuration with optimisation X alone. "painting decoder" is a small surrogate decoder used only inside
 the optimisation: the distilled one bundled with the toy model, or TAESD's architecture for sd-arch.
 """
 from __future__ import annotations
@@ -89,8 +89,8 @@ _COMPILED = {}  # module -> its torch.compile wrapper, kept so that repeated con
 
 
 @contextlib.contextmanager
-def configured(pipe, dtype=torch.float32, freeze_decoder=True, sdpa=True, channels_last=False, checkpointing=False,
-               tile=None, compile_models=False):
+def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkpointing=False, tile=None,
+               compile_models=False):
     """Put `pipe` in one configuration for the duration, then restore it. `tile`: latent tile size for tiled
     decoding (diffusers' `enable_tiling` with that size); `compile_models`: torch.compile the UNet and decoder."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -100,7 +100,6 @@ def configured(pipe, dtype=torch.float32, freeze_decoder=True, sdpa=True, channe
     saved_processors = [(model, dict(model.attn_processors)) for model in (pipe.unet, pipe.vae)]
     if pipe.dtype != dtype:
         pipe.to(dtype=dtype)
-    pipe.freeze_decoder = freeze_decoder
     for model in (pipe.unet, pipe.vae):
         model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -134,12 +133,11 @@ def configured(pipe, dtype=torch.float32, freeze_decoder=True, sdpa=True, channe
         pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size = saved_tiles
         if pipe.dtype != torch.float32:
             pipe.to(dtype=torch.float32)
-        pipe.freeze_decoder = True
 
 
 def variants(fast_dtype, pipe, tile: int, with_compile: bool):
-    """name -> (method, configuration, guidance). The "+ X" rows change one thing from "released".
-    guidance: "full" (the VAE, as released), "model" (the pipeline's default) or "surrogate"."""
+    """name -> (method, configuration, painting decoder). The "+ X" rows change one thing from "released".
+    painting decoder: "full" (the VAE, as released), "model" (the pipeline's default) or "surrogate"."""
     released = dict(freeze_decoder=False, sdpa=False)
     default = dict(dtype=fast_dtype, freeze_decoder=True, sdpa=True)
     rows = {
@@ -148,17 +146,17 @@ def variants(fast_dtype, pipe, tile: int, with_compile: bool):
         "gradop+ released": ("gradop_plus", released, "full"),
         "gradop+ (gradop default)": ("gradop_plus", default, "model"),
     }
-    if pipe.guidance_decoder is not None:  # the toy model guides through its distilled decoder by default
+    if pipe.painting_decoder is not None:  # the toy model's painting loss uses its distilled decoder by default
         rows["gradop default, full decoder"] = ("gradop_plus", default, "full")
     else:
-        rows["gradop default + guidance decoder"] = ("gradop_plus", default, "surrogate")
+        rows["gradop default + painting decoder"] = ("gradop_plus", default, "surrogate")
     rows |= {
         "+ frozen decoder": ("gradop_plus", released | dict(freeze_decoder=True), "full"),
         "+ SDPA attention": ("gradop_plus", released | dict(sdpa=True), "full"),
         "+ channels-last": ("gradop_plus", released | dict(channels_last=True), "full"),
         "+ decoder checkpointing": ("gradop_plus", released | dict(checkpointing=True), "full"),
         f"+ tiled decoding ({tile}-latent tiles)": ("gradop_plus", released | dict(tile=tile), "full"),
-        "+ guidance decoder": ("gradop_plus", released, "surrogate"),
+        "+ painting decoder": ("gradop_plus", released, "surrogate"),
     }
     if fast_dtype != torch.float32:
         rows[f"+ {str(fast_dtype).split('.')[1]}"] = ("gradop_plus", released | dict(dtype=fast_dtype), "full")
@@ -215,30 +213,32 @@ def surrogate_decoder(config: str, pipe):
     from diffusers import AutoencoderTiny
 
     if config == "toy":
-        return pipe.guidance_decoder  # the distilled decoder the toy pipeline ships
+        return pipe.painting_decoder  # the distilled decoder the toy pipeline ships
     torch.manual_seed(0)
     return AutoencoderTiny().to(pipe.device).eval()  # TAESD's default configuration
 
 
 def run_once(pipe, row, args, target, surrogate, batch: int):
     """One timed call of a row (configured, on the same seed): (seconds, peak MB, images)."""
-    method, config, guidance = row
+    from gradop.methods import get_method
+
+    method, config, decoder = row
+    config = dict(config)
+    settings = dict(strength=0.8, num_iterative_steps=3, grad_steps_per_iter=args.grad_steps,
+                    num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(0),
+                    height=args.size, width=args.size, num_images_per_prompt=batch, output_type="pt")
+    if method == "gradop_plus":
+        settings["freeze_decoder"] = config.pop("freeze_decoder", True)
+    else:
+        config.pop("freeze_decoder", None)
     with configured(pipe, **config):
-        extra = {}
-        if guidance == "full":
-            extra = dict(guidance_decoder=pipe.vae)
-        elif guidance == "surrogate":
+        if decoder == "full":
+            settings["painting_decoder"] = pipe.vae
+        elif decoder == "surrogate":
             if surrogate.dtype != pipe.dtype:
                 surrogate.to(dtype=pipe.dtype)  # the surrogate runs in the models' dtype
-            extra = dict(guidance_decoder=surrogate)
-        common = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(0),
-                      height=args.size, width=args.size, num_images_per_prompt=batch, output_type="pt")
-        if method == "text2img":
-            call = partial(pipe.text2img, PROMPT, **common)
-        elif method == "sdedit":
-            call = partial(pipe.sdedit, PROMPT, target, 0.8, **common)
-        else:
-            call = partial(pipe.gradop_plus, PROMPT, target, 0.8, 3, args.grad_steps, **common, **extra)
+            settings["painting_decoder"] = surrogate
+        call = partial(get_method(method), pipe, PROMPT, target, **settings)
         seconds, peak, output = timed_call(call, pipe.device, sample=args.peaks_only)
     return seconds, peak, output.images.float().cpu()
 
@@ -293,7 +293,7 @@ def peaks_only(pipe, rows, args, target, surrogate) -> dict:
 def decoder_memory(pipe, args, dtype) -> dict:
     """Forward + backward through the full decoder alone at `--size` (what one gradient step costs):
     frozen weights; + gradient checkpointing; + tiled decoding. name -> (median seconds, peak MB)."""
-    from gradop.optimize import frozen
+    from gradop.optimize import decode_for_loss, frozen
 
     latents = torch.randn(1, pipe.vae.config.latent_channels, args.size // pipe.vae_scale_factor,
                           args.size // pipe.vae_scale_factor, generator=torch.Generator().manual_seed(0))
@@ -302,7 +302,7 @@ def decoder_memory(pipe, args, dtype) -> dict:
     for name, config in {"frozen decoder": {}, "+ decoder checkpointing": dict(checkpointing=True),
                          f"+ tiled decoding ({args.tile}-latent tiles)": dict(tile=args.tile)}.items():
         def step():
-            pipe._decode_for_loss(latents.clone().requires_grad_(True)).square().mean().backward()
+            decode_for_loss(pipe.vae, latents.clone().requires_grad_(True)).square().mean().backward()
 
         with configured(pipe, dtype=dtype, **config), frozen(pipe.vae):
             # a child measuring peaks takes the first call (see cpu_peaks); timing runs drop the warm-up
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
             rows = {k: v for k, v in rows.items() if k == "text2img" or k in args.only}
         if args.batches is not None:
             rows = {k: v for k, v in rows.items() if k in ("text2img", "gradop+ (gradop default)",
-                                                          "gradop default + guidance decoder")}
+                                                          "gradop default + painting decoder")}
         if args.peaks_only:
             print(json.dumps(peaks_only(pipe, rows, args, target, surrogate)))
             return 0

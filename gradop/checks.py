@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
+
+from .images import MAX_SIDE
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -91,3 +94,73 @@ def check_finite(value, name: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
     return float(value)
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_size(value, name: str) -> int:
+    """An explicit `height`/`width` in pixels (rounded to the model's VAE factor later, when it is known)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
+    if not 1 <= value <= MAX_SIDE:
+        raise ValueError(f"{name} must be between 1 and {MAX_SIDE} pixels (rounded down to the model's VAE factor), "
+                         f"got {value}")
+    return int(value)
+
+
+def check_optimize_target(value, name: str = "optimize_target") -> str:
+    if value not in ("noisy", "x0"):
+        raise ValueError(f"{name} must be 'noisy' (as released) or 'x0', got {value!r}")
+    return value
+
+
+def check_optimizer(value, name: str = "optimizer"):
+    from .optimize import OPTIMIZERS
+
+    if isinstance(value, str):
+        if value not in OPTIMIZERS:
+            raise ValueError(f"{name} must be one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer class, got {value!r}")
+    elif not (isinstance(value, type) and issubclass(value, torch.optim.Optimizer)):
+        raise TypeError(f"{name} must be a name or a torch.optim.Optimizer class, got {value!r}")
+    return value
+
+
+def check_painting_function(value, name: str = "painting_function"):
+    from .painting import PAINTING_FUNCTIONS
+
+    if not callable(value) and value not in PAINTING_FUNCTIONS:
+        raise ValueError(f"{name} must be one of {PAINTING_FUNCTIONS} or a callable mapping [B,3,H,W] images in "
+                         f"[0,1] to paintings, got {value!r}")
+    return value
+
+
+def check_latents(value, name: str = "latents"):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of start noise (batch, channels, h, w), got {type(value).__name__}")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value
+
+
+def _at_least_one(value, name: str) -> int:
+    return check_count(value, name, 1)
+
+
+# Each argument of the pipeline's methods -> its check (`GradOPPipeline.check_inputs` applies them)
+ARGUMENT_CHECKS = {
+    "strength": check_fraction, "region_step_fraction": check_fraction,
+    "num_iterative_steps": check_count, "grad_steps_per_iter": check_count, "grad_steps": check_count,
+    "num_rounds": _at_least_one, "num_loops": _at_least_one, "num_inference_steps": _at_least_one,
+    "num_images_per_prompt": _at_least_one,
+    "guidance_scale": lambda value, name: check_guidance(value),
+    "eta": check_finite, "region_weight": check_finite, "lr": check_positive,
+    "height": check_size, "width": check_size,
+    "output_type": lambda value, name: check_output_type(value),
+    "optimize_target": check_optimize_target, "optimizer": check_optimizer, "painting_function": check_painting_function,
+    "blur_target": check_bool, "freeze_decoder": check_bool, "return_dict": check_bool,
+    "latents": check_latents,
+}

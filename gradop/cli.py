@@ -1,28 +1,34 @@
 """The `gradop` command: the released `run.py`'s flags and defaults, plus every knob of the pipeline.
 
     gradop --img_path input-images/castle.png --prompt "a photo of a castle by a lake" --method gradop+
+
+Several images (`--num-images`) are made `--batch-size` at a time and each is written as soon as its batch
+finishes, so an interrupted run keeps the finished ones. Image i is drawn from its own generator seeded with
+`--seed` + i: it is the image `--seed <seed + i> --num-images 1` gives, whatever the batch size.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
-METHODS = ("gradop+", "gradop", "sdedit", "text")
+from .methods import METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gradop", description="Scribble-guided image synthesis (GradOP, GradOP+, SDEdit).")
     released = p.add_argument_group("as in the released run.py")
-    released.add_argument("--method", choices=METHODS, default="gradop+")
+    released.add_argument("--method", choices=list(METHODS), default="gradop+")
     released.add_argument("--img_path", help="the stroke painting (required except for --method text)")
     released.add_argument("--prompt", help="what the image should show (default: the painting's prompt from "
                                            "input-images/manifest.json when it is listed there)")
-    released.add_argument("--seed", type=int, default=0)
+    released.add_argument("--seed", type=int, default=0, help="in [0, 2**64); image i of --num-images uses seed + i")
     released.add_argument("--strength", type=float, default=0.8)
     released.add_argument("--num_iterative_steps", type=int, default=3)
     released.add_argument("--grad_steps_per_iter", type=int, default=12)
@@ -31,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "model), toy, tiny (random test model), a hub id or a folder")
     more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, unipc, ddpm")
     more.add_argument("--steps", type=int, default=50, help="denoising steps")
-    more.add_argument("--guidance-scale", type=float, default=7.5)
+    more.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance weight")
     more.add_argument("--negative-prompt", default=None)
     more.add_argument("--num-images", type=int, default=1)
-    more.add_argument("--height", type=int, default=None)
-    more.add_argument("--width", type=int, default=None)
+    more.add_argument("--batch-size", type=int, default=4, help="images made at once (memory); each is written as "
+                                                                "soon as its batch finishes")
+    more.add_argument("--height", type=int, default=None, help="output height (alone: the width keeps the aspect ratio)")
+    more.add_argument("--width", type=int, default=None, help="output width (alone: the height keeps the aspect ratio)")
     more.add_argument("--device", default="auto")
     more.add_argument("--dtype", default="auto", help="auto (fp16 on a GPU, fp32 on the CPU), fp32, fp16, bf16")
     more.add_argument("--region", action="append", metavar="COLOUR=PHRASE[:WEIGHT]",
@@ -44,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--region-weight", type=float, default=0.4, help="strength of the region binding (0.1-1 is usual)")
     more.add_argument("--region-step-fraction", type=float, default=1.0,
                       help="the binding applies during this first fraction of the steps")
-    more.add_argument("--guidance-decoder", default="model",
-                      help="the decoder GradOP's optimisation differentiates through: model (the model's own: the toy's "
-                           "distilled one, Stable Diffusion's full VAE), full (the VAE, as released), taesd, or a folder")
+    more.add_argument("--num-loops", type=int, default=None, help="--method loopback: SDEdit passes (default 2)")
+    more.add_argument("--painting-decoder", "--guidance-decoder", default="model",
+                      help="the decoder GradOP's painting loss differentiates through: model (the model's own: the toy's "
+                           "distilled one, Stable Diffusion's full VAE), full (the VAE, as released), taesd, or a folder "
+                           "(--guidance-decoder is its old name)")
     more.add_argument("--output", default=None, help="output PNG path (default: outputs/<painting>_<method>_seed<seed>.png); "
                                                       "several images get _0, _1, ... before the suffix")
     return p
@@ -57,27 +67,36 @@ def default_prompt(img_path: Path) -> str | None:
     import json
 
     manifest = img_path.parent / "manifest.json"
-    if manifest.is_file():
-        entries = json.loads(manifest.read_text())
-        return entries.get(img_path.name, {}).get("prompt")
-    return None
+    if not manifest.is_file():
+        return None
+    try:
+        prompt = json.loads(manifest.read_text()).get(img_path.name, {}).get("prompt")
+    except (ValueError, AttributeError, OSError) as err:
+        raise ValueError(f"'{manifest}' is not a manifest like {{\"{img_path.name}\": {{\"prompt\": \"...\"}}}} "
+                         f"({err}); fix it, or pass --prompt") from None
+    return prompt if isinstance(prompt, str) else None
 
 
 def parse_region_flags(flags) -> dict:
-    """['#2a7a2a=forest', '#3060c0=lake:-0.5'] -> {'#2a7a2a': 'forest', '#3060c0': ('lake', -0.5)}."""
+    """['#2a7a2a=forest', '#3060C0=lake:-0.5'] -> {'#2a7a2a': 'forest', '#3060c0': ('lake', -0.5)}."""
+    from .colors import parse_color, to_hex
+
     regions = {}
     for flag in flags or []:
         color, sep, phrase = flag.partition("=")
         if not sep or not color.strip() or not phrase.strip():
             raise ValueError(f"--region must look like '#2a7a2a=forest' (or '#2a7a2a=forest:0.5' with a weight), got {flag!r}")
+        color = to_hex(parse_color(color.strip(), "--region"))  # '#3060C0' and '#3060c0' are one colour
+        if color in regions:
+            raise ValueError(f"--region: colour {color} is listed twice; give each colour one phrase")
         head, colon, tail = phrase.rpartition(":")
         if colon:
             try:
-                regions[color.strip()] = (head, float(tail))
+                regions[color] = (head, float(tail))
             except ValueError:
                 raise ValueError(f"--region {flag!r}: the weight after ':' must be a number, got {tail!r}") from None
         else:
-            regions[color.strip()] = phrase
+            regions[color] = phrase
     return regions
 
 
@@ -94,98 +113,120 @@ def output_paths(args, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
 
 
-def toy_size(pipe, args) -> tuple[int | None, int | None]:
-    """The toy model works at 64x64: a larger painting is worked at that scale (said), others at their own size."""
-    from .images import load_image, scaled_size
+def painting_size(pipe, painting, height, width) -> tuple[int | None, int | None]:
+    """(height, width) for `painting` on `pipe` by the one sizing rule (`images.work_size`), which the sweep
+    shares: one given side keeps the aspect ratio; the toy model works a larger painting at its 64x64."""
+    from .images import work_size
+    from .models import is_toy_model
 
-    if not getattr(pipe, "model_name", "").startswith("toy") or not args.img_path:
-        return None, None
-    native, factor = pipe.unet.config.sample_size * pipe.vae_scale_factor, pipe.vae_scale_factor
-    w, h = load_image(args.img_path, "--img_path").size
-    if max(w, h) <= native:
-        return None, None
-    height, width = scaled_size(w, h, native, factor)
-    print(f"gradop: the toy model works at {native}x{native}; painting {w}x{h} is used at {width}x{height} "
-          "(pass --height/--width to choose)", file=sys.stderr)
-    return height, width
+    if painting is None:
+        return height, width
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor if is_toy_model(pipe) else None
+    return work_size(painting.size, height, width, native, pipe.vae_scale_factor)
 
 
-def guidance_decoder(pipe, choice: str) -> dict:
-    """--guidance-decoder as the pipeline's keyword: {} keeps the model's own choice."""
-    from .models import load_guidance_decoder
+def painting_decoder(pipe, choice: str):
+    """--painting-decoder as the pipeline's `painting_decoder`: None keeps the model's own choice."""
+    from .models import load_painting_decoder
 
     if choice == "model":
-        return {}
+        return None
     if choice == "full":
-        return {"guidance_decoder": pipe.vae}
-    return {"guidance_decoder": load_guidance_decoder(choice, device=pipe.device, dtype=pipe.dtype)}
+        return pipe.vae
+    return load_painting_decoder(choice, device=pipe.device, dtype=pipe.dtype)
 
 
 def save_atomically(image, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a PNG."""
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a PNG under `path`.
+
+    Only a kill -9 in the middle of a write can leave its hidden `.<name>.<random>.tmp` behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        # open() with mode 0o666 lets the umask decide the permissions, as for any file the user writes
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             image.save(f, format="PNG")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(paths: list[Path]) -> None:
+    """Fail before the model loads, not after the generation, when the outputs cannot be written."""
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"--output '{path}' is a directory; give a .png file path")
+    folder, fix = paths[0].parent, "choose a .png path in a folder you can write to"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--output '{paths[0]}': cannot create the folder '{folder}' ({err.strerror}); {fix}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"--output '{paths[0]}': cannot write in '{folder}' ({err.strerror}); {fix}") from None
 
 
 def run(args) -> list[Path]:
     from . import checks
     from .images import load_image
+    from .methods import get_method
     from .models import load_pipeline, resolve_device, resolve_dtype
-    from .regions import parse_regions
+    from .pipeline import GradOPPipeline
     from .schedulers import make_scheduler
 
-    if args.method != "text" and not args.img_path:
+    method = get_method(args.method)
+    if method.takes_painting and not args.img_path:
         raise ValueError(f"--img_path is required for --method {args.method}")
+    # Fail fast on bad input, before a model that may take minutes to load: the painting, then the pipeline's checks
+    painting = load_image(args.img_path, "--img_path") if args.img_path else None
     prompt = args.prompt or (default_prompt(Path(args.img_path)) if args.img_path else None)
     if prompt is None:
         raise ValueError("--prompt is required (the painting is not listed in a manifest.json beside it)")
     paths = output_paths(args, args.num_images)
-    # Fail fast on bad input, before a model that may take minutes to load
-    if args.img_path:
-        load_image(args.img_path, "--img_path")
-    checks.check_fraction(args.strength, "strength")
-    checks.check_count(args.steps, "num_inference_steps", 1)
-    checks.check_count(args.num_images, "num_images_per_prompt", 1)
-    checks.check_count(args.num_iterative_steps, "num_iterative_steps")
-    checks.check_count(args.grad_steps_per_iter, "grad_steps_per_iter")
-    checks.check_guidance(args.guidance_scale)
     regions = parse_region_flags(args.region)
-    parse_regions(regions)
-    checks.check_finite(args.region_weight, "--region-weight")
-    checks.check_fraction(args.region_step_fraction, "--region-step-fraction")
     if regions and not args.img_path:
         raise ValueError("--region needs --img_path: the painting whose colours the regions name")
+    settings = dict(strength=args.strength, num_iterative_steps=args.num_iterative_steps,
+                    grad_steps_per_iter=args.grad_steps_per_iter, num_loops=args.num_loops,
+                    num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                    negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
+                    height=args.height, width=args.width, regions=regions or None, region_weight=args.region_weight,
+                    region_step_fraction=args.region_step_fraction)
+    GradOPPipeline.check_inputs(method.attribute, prompt, **method.arguments(painting, **settings))
+    checks.check_count(args.batch_size, "--batch-size", 1)
+    if not 0 <= args.seed <= 2**64 - args.num_images:
+        raise ValueError(f"--seed must be in [0, 2**64) (image i uses seed + i, so at most 2**64 - --num-images), "
+                         f"got {args.seed}")
     resolve_dtype(args.dtype, resolve_device(args.device))
     make_scheduler(args.scheduler)
+    check_writable(paths)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
-    guidance = guidance_decoder(pipe, args.guidance_decoder) if args.method in ("gradop+", "gradop") else {}
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    height, width = toy_size(pipe, args) if args.height is None and args.width is None else (args.height, args.width)
-    common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
-                  num_images_per_prompt=args.num_images, height=height, width=width, generator=generator,
-                  regions=regions or None, region_weight=args.region_weight,
-                  region_step_fraction=args.region_step_fraction)
-    if args.method == "gradop+":
-        out = pipe.gradop_plus(prompt, args.img_path, args.strength, args.num_iterative_steps, args.grad_steps_per_iter,
-                               **common, **guidance)
-    elif args.method == "gradop":
-        out = pipe.gradop(prompt, args.img_path, args.strength, args.grad_steps_per_iter * max(args.num_iterative_steps, 1),
-                          **common, **guidance)
-    elif args.method == "sdedit":
-        out = pipe.sdedit(prompt, args.img_path, args.strength, **common)
-    else:
-        out = pipe.text2img(prompt, region_image=args.img_path if regions else None, **common)
-    for image, path in zip(out.images, paths):
-        save_atomically(image, path)
-        print(f"wrote {path}")
+    settings["height"], settings["width"] = painting_size(pipe, painting, args.height, args.width)
+    if painting is not None and args.height is None and args.width is None and settings["height"] is not None:
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        print(f"gradop: the toy model works at {native}x{native}; painting "
+              f"{painting.width}x{painting.height} is used at {settings['width']}x{settings['height']} "
+              "(pass --height/--width to choose)", file=sys.stderr)
+    if "painting_decoder" in method.uses:
+        settings["painting_decoder"] = painting_decoder(pipe, args.painting_decoder)
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start:start + args.batch_size]
+        # one generator per image, seeded seed + i: image i does not depend on the batch size
+        generators = [torch.Generator("cpu").manual_seed(args.seed + i) for i in range(start, start + len(chunk))]
+        out = method(pipe, prompt, painting, generator=generators, **{**settings, "num_images_per_prompt": len(chunk)})
+        for image, path in zip(out.images, chunk):
+            save_atomically(image, path)  # written as soon as its batch is done: a killed run keeps it
+            print(f"wrote {path}", flush=True)
     return paths
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as one short line, without the source line Python prints under it."""
+    text = " ".join(str(message).split())
+    print(f"gradop: warning: {text if len(text) <= 300 else text[:297] + '...'}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -193,11 +234,16 @@ def main(argv=None) -> int:
     from .models import ModelUnavailableError
 
     try:
-        run(args)
-    except (ValueError, TypeError) as err:
+        with warnings.catch_warnings():  # restores warnings.showwarning for callers of main()
+            warnings.showwarning = _show_warning
+            run(args)
+    except (ValueError, TypeError, FloatingPointError) as err:  # user errors, and a non-finite image
         print(f"gradop: error: {err}", file=sys.stderr)
         return 2
     except ModelUnavailableError as err:
         print(f"gradop: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # Ctrl-C: the images written so far are whole; the one being written is removed
+        print("gradop: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -1,7 +1,9 @@
-"""Faithfulness (distance to the painting in painting space) and, on the toy world, realism and semantic accuracy."""
-from __future__ import annotations
+"""Faithfulness (distance to the painting in painting space) and, given a patch judge, realism and semantic accuracy.
 
-import functools
+The judge is passed in: the library knows no particular world. The toy world's is
+`gradop.toy.judge.load_judge()`; any object with the same three members works (see `realism`).
+"""
+from __future__ import annotations
 
 import numpy as np
 import PIL.Image
@@ -19,60 +21,63 @@ def to_tensor01(image, name: str = "image", size: tuple[int, int] | None = None)
     return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
-def painting_distance(image, painting, painting_function="gaussian") -> float:
-    """Faithfulness MSE(f(x), f(y)) in [0, 1] pixel space (0 = identical paintings, lower is better).
-
-    `painting` is resized to `image`'s size when they differ. `painting_function` as in the pipeline.
-    """
-    x = to_tensor01(image, "image")
-    y = to_tensor01(painting, "painting", size=(x.shape[-1], x.shape[-2]))
-    f = get_painting_function(painting_function, y)
-    return float((f(x) - f(y)).square().mean())
-
-
-# ---------------------------------------------------------------------- the toy world's judge
-def _batch01(images) -> torch.Tensor:
-    """A [B, 3, H, W] tensor in [0, 1] from a tensor, or one image / a list of anything `load_image` takes."""
+def to_batch(images, name: str = "images", size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A [B, 3, H, W] float tensor in [0, 1] from a [B, 3, H, W] tensor (used as it is, clamped) or from one
+    image / a list of anything `load_image` takes (each Lanczos-resized to `size` = (w, h) if given)."""
     if isinstance(images, torch.Tensor) and images.ndim == 4:
+        if size is not None and tuple(images.shape[-2:]) != (size[1], size[0]):
+            raise ValueError(f"{name} are {tuple(images.shape[-2:])} images; expected (h, w) = {(size[1], size[0])}")
         return images.float().clamp(0, 1)
     images = images if isinstance(images, (list, tuple)) else [images]
-    return torch.cat([to_tensor01(im, f"images[{i}]") for i, im in enumerate(images)])
+    return torch.cat([to_tensor01(im, f"{name}[{i}]", size) for i, im in enumerate(images)])
 
 
-@functools.lru_cache(maxsize=1)
-def _bundled_judge():
-    from .toy.judge import load_judge
-
-    return load_judge()
+def _is_batch(images) -> bool:
+    return isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.ndim == 4)
 
 
-def _judge(judge):
-    return _bundled_judge() if judge is None else judge
+def painting_distance(images, paintings, painting_function="gaussian"):
+    """Faithfulness MSE(f(x), f(y)) in [0, 1] pixel space (0 = identical paintings, lower is better).
 
-
-def realism(images, judge=None) -> torch.Tensor:
-    """Per image, the share of its 8x8 patches the toy judge takes for a real texture (not flat paint).
-
-    For toy-world images (the judge knows that world only). 1 = every patch looks real.
+    One image and one painting give a float; a batch (a [B, 3, H, W] tensor or a list) gives a `[B]` tensor,
+    with one painting for all images or one each. Paintings given as files or PIL images are resized to the
+    images' size. `painting_function` as in the pipeline (the released Gaussian blur by default).
     """
-    from .toy.judge import FLAT, judge_patches
+    x = to_batch(images, "image")
+    y = to_batch(paintings, "painting", size=(x.shape[-1], x.shape[-2]))
+    if len(y) not in (1, len(x)):
+        raise ValueError(f"{len(y)} paintings for {len(x)} images: give one painting for all, or one per image")
+    f = get_painting_function(painting_function, y)
+    distances = (f(x) - f(y)).square().flatten(1).mean(1)
+    return distances if _is_batch(images) else float(distances[0])
 
-    verdicts = judge_patches(_judge(judge), _batch01(images))
-    return (verdicts != FLAT).float().flatten(1).mean(1)
+
+def realism(images, judge) -> torch.Tensor:
+    """Per image, the share of its patches `judge` takes for a real texture (1 = every patch looks real).
+
+    `judge` has `verdicts(images) -> [B, h, w]` class indices of its patches for [B, 3, H, W] images in [0, 1],
+    `classes` (the class names) and `flat` (the index of "flat paint"): e.g. the toy world's
+    `gradop.toy.judge.load_judge()`, valid for toy-world images only.
+    """
+    if judge is None or not callable(getattr(judge, "verdicts", None)):
+        raise TypeError("realism needs a patch judge with verdicts(images), e.g. gradop.toy.judge.load_judge() "
+                        f"for toy-world images; got {type(judge).__name__}")
+    return (judge.verdicts(to_batch(images)) != judge.flat).float().flatten(1).mean(1)
 
 
-def semantic_accuracy(images, masks, class_name: str, judge=None) -> torch.Tensor:
+def semantic_accuracy(images, masks, class_name: str, judge) -> torch.Tensor:
     """Per image, the share of the patches mostly inside `masks` ([B, H, W] or [H, W] bool) judged `class_name`.
 
-    NaN for an image whose mask covers no patch.
+    `judge` as in `realism`, plus `patch` (its patch side in pixels). NaN for an image whose mask covers no patch.
     """
-    from .toy.judge import JUDGE_CLASSES, PATCH, judge_patches
-
-    if class_name not in JUDGE_CLASSES:
-        raise ValueError(f"class_name must be one of {JUDGE_CLASSES}, got {class_name!r}")
-    images = _batch01(images)
+    if judge is None or not callable(getattr(judge, "verdicts", None)):
+        raise TypeError("semantic_accuracy needs a patch judge with verdicts(images), e.g. "
+                        f"gradop.toy.judge.load_judge(); got {type(judge).__name__}")
+    if class_name not in judge.classes:
+        raise ValueError(f"class_name must be one of {tuple(judge.classes)}, got {class_name!r}")
+    images = to_batch(images)
     masks = torch.as_tensor(masks).bool()
     masks = masks.expand(len(images), *masks.shape[-2:]) if masks.ndim == 2 else masks
-    inside = torch.nn.functional.avg_pool2d(masks[:, None].float(), PATCH)[:, 0] > 0.5
-    hits = (judge_patches(_judge(judge), images) == JUDGE_CLASSES.index(class_name)) & inside
+    inside = torch.nn.functional.avg_pool2d(masks[:, None].float(), judge.patch)[:, 0] > 0.5
+    hits = (judge.verdicts(images) == judge.classes.index(class_name)) & inside
     return hits.flatten(1).sum(1) / inside.flatten(1).sum(1)  # 0/0 -> NaN

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
+TINY = "gradop:tiny"  # the `name_or_path` of `gradop.testing.tiny_pipeline()`
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
-TOY_GUIDANCE_DECODER = TOY_MODEL / "guidance_decoder"  # the toy pipeline's own guidance_decoder component
+TOY_PAINTING_DECODER = TOY_MODEL / "painting_decoder"  # the toy pipeline's own painting_decoder component
 TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -65,19 +66,19 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if model == "tiny":
-        pipe, said = tiny_pipeline(scheduler=scheduler), "tiny (random weights for testing: outputs are noise)"
+        pipe = tiny_pipeline(scheduler=scheduler)
     elif model == "toy":
-        pipe, said = _load_toy(scheduler), "toy (the bundled toy-world model)"
+        pipe = _load_toy(scheduler)
     elif model == "auto":
         try:
-            pipe, said = _load_stable_diffusion(dtype, scheduler), f"{SD_V1_4} (Stable Diffusion v1.4)"
+            pipe = _load_stable_diffusion(dtype, scheduler)
         except ModelUnavailableError as err:
             if not TOY_MODEL.is_dir():
                 raise
             if verbose:
                 print(f"gradop: {str(err).split(':')[0]}; using the bundled toy model instead "
                       "(pass --model with a Stable Diffusion folder or hub id for real photos)", file=sys.stderr)
-            pipe, said = _load_toy(scheduler), "toy (the bundled toy-world model)"
+            pipe = _load_toy(scheduler)
             dtype = torch.float32 if device.type == "cpu" else dtype
     else:
         if not Path(model).is_dir() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
@@ -86,16 +87,31 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
         try:
             pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler,
                                                   local_files_only=_offline() or Path(model).is_dir())
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError) as err:
             raise ModelUnavailableError(f"could not load model '{model}': {err}") from None
-        said = model
     pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
-    pipe.model_name = said
     if verbose:
-        guided = "; GradOP guides through its small guidance_decoder (pass guidance_decoder=pipe.vae for the full one)" \
-            if pipe.guidance_decoder is not None else ""
-        print(f"gradop: model {said} on {device} ({str(dtype).replace('torch.', '')}){guided}", file=sys.stderr)
+        small = "; GradOP's painting loss goes through its small painting_decoder (pass painting_decoder=pipe.vae " \
+                "for the full one)" if pipe.painting_decoder is not None else ""
+        print(f"gradop: model {model_label(pipe)} on {device} ({str(dtype).replace('torch.', '')}){small}",
+              file=sys.stderr)
     return pipe
+
+
+def is_toy_model(pipe) -> bool:
+    """Whether `pipe` was loaded from the bundled toy model's folder (diffusers' `name_or_path`)."""
+    name = getattr(pipe, "name_or_path", None)
+    return bool(name) and Path(name).resolve() == TOY_MODEL.resolve()
+
+
+def model_label(pipe) -> str:
+    """What a pipeline is, for messages and figures: the toy model, the tiny test model, or its `name_or_path`."""
+    if is_toy_model(pipe):
+        return "toy (the bundled toy-world model)"
+    name = getattr(pipe, "name_or_path", None) or "a pipeline built in code"
+    if name == TINY:
+        return "tiny (random weights for testing: outputs are noise)"
+    return f"{name} (Stable Diffusion v1.4)" if name == SD_V1_4 else name
 
 
 def _offline() -> bool:
@@ -149,8 +165,8 @@ def _load_stable_diffusion(dtype, scheduler):
     )
 
 
-def load_guidance_decoder(name: str = "toy", device=None, dtype=None):
-    """A small decoder for GradOP's optimisation (`guidance_decoder=`): diffusers' `AutoencoderTiny`.
+def load_painting_decoder(name: str = "toy", device=None, dtype=None):
+    """A small decoder for GradOP's painting loss (`painting_decoder=`): diffusers' `AutoencoderTiny`.
 
     Args:
         name: ``"toy"`` (distilled from the toy model's VAE, bundled: `python -m gradop.toy.distill`),
@@ -160,10 +176,18 @@ def load_guidance_decoder(name: str = "toy", device=None, dtype=None):
 
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be 'toy', 'taesd', a hub id or a folder, got {name!r}")
-    source = {"toy": TOY_GUIDANCE_DECODER, "taesd": TAESD}.get(name, name)
+    source = {"toy": TOY_PAINTING_DECODER, "taesd": TAESD}.get(name, name)
     try:
         decoder = AutoencoderTiny.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
-    except (OSError, ValueError, EnvironmentError) as err:
-        raise ModelUnavailableError(f"could not load guidance decoder '{name}': {err}") from None
+    except (OSError, ValueError) as err:
+        raise ModelUnavailableError(f"could not load painting decoder '{name}': {err}") from None
     device = resolve_device(device)
     return decoder.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
+
+
+def load_guidance_decoder(*args, **kwargs):
+    """Deprecated name of `load_painting_decoder`."""
+    import warnings
+
+    warnings.warn("load_guidance_decoder is now load_painting_decoder", FutureWarning, stacklevel=2)
+    return load_painting_decoder(*args, **kwargs)

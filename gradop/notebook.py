@@ -52,6 +52,7 @@ class Config:
     work_size: int
     device: torch.device
     examples: list[Example]
+    judge: object = None  # the toy world's patch judge (gradop.metrics.realism's `judge`), None for other models
 
     def generator(self, seed: int = 0, n: int | None = None):
         """A CPU generator (the same images on every device), or `n` of them seeded seed, seed+1, ..."""
@@ -69,7 +70,7 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
         work_size: the image side to work at; defaults to `GRADOP_WORK_SIZE`, else the model's native size
             (64 for the toy model, 512 for Stable Diffusion v1).
     """
-    from .models import load_pipeline
+    from .models import is_toy_model, load_pipeline, model_label
 
     model = model or os.environ.get("GRADOP_MODEL", "auto")
     if model == "auto" and device is None and not torch.cuda.is_available():
@@ -80,11 +81,12 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
     pipe.set_progress_bar_config(disable=True)  # each run takes seconds here; figures stay uncluttered
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     work_size = int(work_size or os.environ.get("GRADOP_WORK_SIZE", 0) or native)
-    is_toy = getattr(pipe, "model_name", "").startswith("toy")
+    is_toy = is_toy_model(pipe)
     examples = load_examples(INPUT_IMAGES / "toy" if is_toy else INPUT_IMAGES, work_size)
-    print(f"model: {pipe.model_name} | work size {work_size}x{work_size} | device {pipe.device} | "
+    judge = load_toy_judge() if is_toy else None
+    print(f"model: {model_label(pipe)} | work size {work_size}x{work_size} | device {pipe.device} | "
           f"{len(examples)} example paintings from {'input-images/toy' if is_toy else 'input-images'}")
-    return Config(pipe, model, is_toy, work_size, pipe.device, examples)
+    return Config(pipe, model, is_toy, work_size, pipe.device, examples, judge)
 
 
 def to_array(image) -> np.ndarray:
@@ -96,9 +98,17 @@ def to_array(image) -> np.ndarray:
 
 def to_batch(images) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] from PIL images (or anything `load_image` takes)."""
-    from .metrics import _batch01
+    from .metrics import to_batch as batch
 
-    return _batch01(list(images))
+    return batch(list(images))
+
+
+def load_toy_judge():
+    """The toy world's patch judge (`gradop.toy.judge`), for `gradop.metrics.realism` and `semantic_accuracy`.
+    The notebook layer looks it up so that the library itself never imports the toy world."""
+    from .toy.judge import load_judge
+
+    return load_judge()
 
 
 def image_grid(rows, row_titles=None, col_titles=None, scale: float = 1.6, title: str | None = None):

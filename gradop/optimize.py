@@ -1,17 +1,22 @@
-"""Gradient descent on a latent through the VAE decoder: the heart of GradOP.
+"""Gradient descent on a latent through the decoder: the heart of GradOP (method.md §2–3).
 
     z* = argmin_z  L(f(D(z)), y),   L = mean squared error in [0, 1] pixel space
 
 starting from a latent the model produced from the text, so that z* moves toward the painting
-`y` while staying near a realistic sample.
+`y` while staying near a realistic sample. `PaintingGuide` holds one call's optimisation; the
+denoising loop calls its `step` after each step of GradOP+'s window, and multi-pass GradOP calls
+its `descend` on a finished sample.
 """
 from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -120,3 +125,120 @@ def optimize_latents(
             opt.step()
     losses = torch.stack(history) if history else torch.zeros(0, latents.shape[0])
     return z.detach(), losses
+
+
+# ---------------------------------------------------------------------- the decoder inside the loss
+def decode_for_loss(decoder, latents: torch.Tensor) -> torch.Tensor:
+    """D(z) in [0, 1] for the painting loss: clamp((D(z / s) + 1) / 2, 0, 1), gradients kept, fp32 out.
+
+    After diffusers' `decoder.enable_tiling()` it is decoded in tiles of the decoder's tile size and
+    overlap, each recomputed in the backward pass (`decode_in_tiles`): memory for large images."""
+
+    def decode(z):
+        decoded = decoder.decode((z / decoder.config.scaling_factor).to(decoder.dtype)).sample
+        return ((decoded.float() + 1) / 2).clamp(0, 1)
+
+    if getattr(decoder, "use_tiling", False):
+        tile = decoder.tile_latent_min_size
+        return decode_in_tiles(decode, latents, tile, min(int(tile * decoder.tile_overlap_factor), tile // 2))
+    return decode(latents)
+
+
+_checked_sizes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder -> latent sizes it passed
+
+
+def check_painting_decoder(decoder, latent_shape: tuple[int, ...], image_size: tuple[int, int]):
+    """`decoder` checked to be a diffusers autoencoder that turns latents of `latent_shape` ([C, h, w]) into
+    images of `image_size` (one probe decode per decoder and size, remembered)."""
+    if not (callable(getattr(decoder, "decode", None)) and hasattr(getattr(decoder, "config", None), "scaling_factor")):
+        raise TypeError("painting_decoder must be a diffusers autoencoder (AutoencoderTiny, AutoencoderKL) with "
+                        f"decode() and config.scaling_factor, got {type(decoder).__name__}")
+    key = (tuple(latent_shape), tuple(image_size))
+    if key in _checked_sizes.get(decoder, ()):
+        return decoder
+    latent = torch.zeros(1, *latent_shape, device=decoder.device, dtype=decoder.dtype)
+    with torch.no_grad():
+        size = tuple(decoder.decode(latent).sample.shape[-2:])
+    if size != tuple(image_size):
+        factor = image_size[0] // latent_shape[-2]
+        raise ValueError(f"painting_decoder turns this pipeline's {tuple(latent_shape[-2:])} latents into {size} "
+                         f"images, not {tuple(image_size)}: it must upsample by {factor} like the VAE")
+    _checked_sizes.setdefault(decoder, set()).add(key)
+    return decoder
+
+
+def predict_x0(scheduler, sample: torch.Tensor, model_output: torch.Tensor, timestep) -> torch.Tensor:
+    """x̂₀ from a variance-preserving sample x_t and the (guided) model output, for any prediction type."""
+    alpha_bar = scheduler.alphas_cumprod[int(round(float(timestep)))].to(sample.device, torch.float32)
+    sample, model_output = sample.float(), model_output.float()
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()  # (x_t − √(1−ᾱ) ε̂) / √ᾱ
+    if kind == "v_prediction":
+        return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output  # √ᾱ x_t − √(1−ᾱ) v̂
+    if kind == "sample":
+        return model_output  # the model predicts x₀ itself
+    raise ValueError(f"optimize_target='x0' needs a scheduler with prediction_type 'epsilon', 'v_prediction' or "
+                     f"'sample', got {kind!r}; use optimize_target='noisy'")
+
+
+# ---------------------------------------------------------------------- one call's optimisation
+@dataclass
+class PaintingGuide:
+    """Pulls latents toward the painting `y` by gradient descent through a decoder (method.md §2–3).
+
+    Args:
+        target (`torch.Tensor`): y, the painting, `[B, 3, H, W]` in [0, 1].
+        decoder: the autoencoder the loss differentiates through (the VAE, or a small painting decoder).
+        painting_function (`Callable`): f, differentiable, `[B, 3, H, W] -> [B, 3, H, W]` in [0, 1].
+        grad_steps (`int`): N, optimiser steps each time.
+        lr (`float`), optimizer (name or `torch.optim.Optimizer` class): the optimiser.
+        blur_target (`bool`): compare f(D(z)) with f(y) instead of y (the release uses y).
+        optimize_target (`"noisy"` or `"x0"`): what GradOP+ optimises, the current noisy latent (as released)
+            or the predicted clean one.
+        freeze_decoder (`bool`): keep gradients out of the decoder's weights (the release lets them accumulate:
+            same images, more time and memory).
+        window (`range`): the denoising steps after which GradOP+ optimises (empty for GradOP).
+    """
+
+    target: torch.Tensor
+    decoder: torch.nn.Module
+    painting_function: Callable
+    grad_steps: int
+    lr: float = 0.1
+    optimizer: object = "adam"
+    blur_target: bool = False
+    optimize_target: str = "noisy"
+    freeze_decoder: bool = True
+    window: range = range(0)
+    loss_history: list = field(default_factory=list)  # one [grad_steps, B] tensor per descent
+    optimized_timesteps: list = field(default_factory=list)  # GradOP+: the level t_{i+1} of each window
+
+    @property
+    def wants_x0(self) -> bool:
+        return self.optimize_target == "x0"
+
+    def descend(self, start: torch.Tensor) -> torch.Tensor:
+        """z̃ = argmin_z MSE(f(D(z)), y) by `grad_steps` optimiser steps from `start` (fp32)."""
+        with frozen(self.decoder) if self.freeze_decoder else contextlib.nullcontext():
+            optimized, losses = optimize_latents(start, self.target, lambda z: decode_for_loss(self.decoder, z),
+                                                 self.painting_function, self.grad_steps, self.lr, self.optimizer,
+                                                 self.blur_target)
+        self.loss_history.append(losses)
+        return optimized
+
+    def step(self, scheduler, latents: torch.Tensor, t_next, generator, x0: torch.Tensor | None = None):
+        """GradOP+ after denoising step i (latents at t_{i+1}): optimise, then re-noise *as if clean*.
+
+            z̃ = argmin_z MSE(f(D(z)), y)                 from z_{t_{i+1}} (as released) or from x̂₀
+            z_{t_{i+1}} = √ᾱ_{t_{i+1}} z̃ + √(1 − ᾱ_{t_{i+1}}) ε',   ε' ~ N(0, I) from the caller's generator
+
+        The release treats the optimised noisy latent as a clean one: at t = 761 the new latent keeps
+        √ᾱ ≈ 0.23 of z̃ and adds fresh noise of std ≈ 0.97.
+        """
+        # the decoder expects variance-preserving latents: scale_model_input maps any scheduler's sample there
+        start = x0 if self.wants_x0 else scheduler.scale_model_input(latents, t_next)
+        optimized = self.descend(start)
+        self.optimized_timesteps.append(int(t_next))
+        noise = randn_tensor(optimized.shape, generator=generator, device=optimized.device, dtype=torch.float32)
+        return scheduler.add_noise(optimized, noise, t_next.repeat(len(optimized))).to(latents.dtype)

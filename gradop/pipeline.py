@@ -1,17 +1,18 @@
 """`GradOPPipeline`: text-only sampling, SDEdit, loopback, GradOP and GradOP+ on one denoising loop.
 
-Every method shares the same pieces, in diffusers' style: prompt encoding with classifier-free
-guidance, a start latent (noised zeros, or an encoded image noised to `strength`), `_denoise`
-(the one sampling loop) and `_finish` (decode and post-process). GradOP+ adds a *painting guide*
-to the loop: after chosen steps, the current latent is pulled toward the user's strokes by
-gradient descent through the decoder, then re-noised to the current level (method.md §3).
+Every public method is numbered steps over the same building blocks, named as in diffusers:
+`check_inputs` (validation only), `encode_prompt`, `prepare_image`, `get_timesteps`, `prepare_latents`,
+`denoise` (the one sampling loop) and `_finish` (decode and post-process). GradOP+ adds a
+`PaintingGuide` (`gradop.optimize`) to the loop: after a few early steps it pulls the latent toward the
+user's strokes by gradient descent through the decoder, then re-noises it to the current level
+(method.md §3). One call's shared state lives in a `_Call` record; calls on one pipeline are serialised.
 """
+import functools
 import inspect
+import threading
 import warnings
 from collections.abc import Mapping
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -25,9 +26,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import checks
 from .images import check_side, load_image, output_size
-from .optimize import decode_in_tiles, frozen, optimize_latents
+from .optimize import PaintingGuide, check_painting_decoder, predict_x0
 from .painting import get_painting_function
-from .regions import AttentionStore, RegionBinding, attention_control, bind_regions
+from .regions import AttentionStore, RegionBinding, attention_control, bind_regions, parse_regions
 from .schedulers import make_scheduler
 
 
@@ -50,21 +51,61 @@ class GradOPPipelineOutput(BaseOutput):
 
 
 @dataclass
-class _PaintingGuide:
-    """Everything the loop needs to pull latents toward the painting after the steps in `steps`."""
+class _Call:
+    """What the steps of one pipeline call share, filled in as the steps run."""
 
-    target: torch.Tensor  # [B, 3, H, W] in [0, 1]
-    painting_function: Callable
-    steps: range
-    grad_steps: int
-    lr: float
-    optimizer: object
-    blur_target: bool
-    optimize_target: str
-    generator: object
-    decoder: object = None  # the decoder differentiated through (the pipeline's VAE when None)
-    history: list = field(default_factory=list)
-    timesteps: list = field(default_factory=list)
+    prompt: list[str]
+    num_images_per_prompt: int = 1
+    guidance_scale: float = 7.5
+    eta: float = 0.0
+    generator: object = None
+    output_type: str = "pil"
+    return_dict: bool = True
+    callback_on_step_end: Callable | None = None
+    callback_on_step_end_tensor_inputs: tuple = ("latents",)
+    regions: dict | None = None
+    region_weight: float = 0.4
+    region_image: object = None
+    region_step_fraction: float = 1.0
+    attention_store: AttentionStore | None = None
+    height: int | None = None
+    width: int | None = None
+    prompt_embeds: torch.Tensor | None = None
+    binding: RegionBinding | None = None
+    guide: PaintingGuide | None = None
+
+    @classmethod
+    def from_arguments(cls, arguments: dict) -> "_Call":
+        """The record of a method's (checked) arguments; `height`/`width` are set when the size is known."""
+        known = {f.name for f in fields(cls)} - {"height", "width"}
+        call = cls(**{k: v for k, v in arguments.items() if k in known})
+        call.prompt = checks.check_prompts(call.prompt)
+        return call
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompt) * self.num_images_per_prompt
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1
+
+
+def _one_call_at_a_time(method):
+    """Serialise calls on one pipeline: a call mutates shared state (scheduler timesteps, attention
+    processors, decoder weight flags), so two threads at once would silently mix their images."""
+
+    @functools.wraps(method)
+    def serialised(self, *args, **kwargs):
+        with self._call_lock:
+            return method(self, *args, **kwargs)
+
+    return serialised
+
+
+def _arguments(scope: dict) -> dict:
+    """A method's arguments from its `locals()` at the top of the call, without `self`."""
+    return {k: v for k, v in scope.items() if k not in ("self", "__class__", "deprecated")}
 
 
 class GradOPPipeline(DiffusionPipeline):
@@ -78,28 +119,39 @@ class GradOPPipeline(DiffusionPipeline):
         unet ([`UNet2DConditionModel`]): the text-conditioned denoiser.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; `from_pretrained` defaults to the
             released DDIM configuration (`gradop.schedulers.RELEASED_DDIM_CONFIG`).
-        guidance_decoder ([`AutoencoderTiny`], *optional*): a small decoder that GradOP and GradOP+
-            differentiate through instead of the VAE's when a call passes none. Stable Diffusion checkpoints
+        painting_decoder ([`AutoencoderTiny`], *optional*): a small decoder that GradOP and GradOP+'s painting loss
+            differentiates through instead of the VAE's when a call passes none. Stable Diffusion checkpoints
             have none (the release's full-decoder optimisation); the toy model ships one distilled from its VAE
             (`gradop.toy.distill`), which makes GradOP+ on a CPU nearly as cheap as text-only sampling at the same
             faithfulness; GradOP's longer descent loses a little through it (reports/toy/report.md).
+            (Called `guidance_decoder` before; "guidance" here means classifier-free guidance only.)
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["guidance_decoder"]
+    _optional_components = ["painting_decoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, guidance_decoder: AutoencoderTiny | None = None):
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              guidance_decoder=guidance_decoder)
+                              painting_decoder=painting_decoder)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        self._binding = None  # the region binding of the call in progress, read by `_denoise`
-        # Backward through the decoder computes only what the latent needs. False reproduces the release, whose
-        # decoder weights accumulate (unused) gradients: same images, more time and memory (benchmarks/).
-        self.freeze_decoder = True
+        self._call_lock = threading.RLock()
+        self._interrupt = False
+
+    @property
+    def interrupt(self) -> bool:
+        """diffusers' convention: set `pipe._interrupt = True` (e.g. in `callback_on_step_end`) to stop the call in
+        progress; the remaining steps are skipped and the current latents decoded. Each call starts with it off."""
+        return self._interrupt
+
+    @property
+    def guidance_decoder(self):
+        """Deprecated name of the `painting_decoder` component."""
+        warnings.warn("pipe.guidance_decoder is now pipe.painting_decoder", FutureWarning, stacklevel=2)
+        return self.painting_decoder
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -108,26 +160,19 @@ class GradOPPipeline(DiffusionPipeline):
         as an object, the sampler is the released DDIM configuration on the checkpoint's own noise
         schedule; `scheduler="euler"` etc. picks another by name."""
         scheduler = kwargs.pop("scheduler", None)
-        if scheduler is not None and not isinstance(scheduler, str):
-            kwargs["scheduler"] = scheduler
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if scheduler is None or isinstance(scheduler, str):
-            pipe.scheduler = make_scheduler(scheduler or "ddim", pipe.scheduler.config)
-        return pipe
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **_scheduler_object(scheduler), **kwargs)
+        return _with_named_scheduler(pipe, scheduler, pipe.scheduler.config)
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
         """Share the components of an existing (e.g. Stable Diffusion) pipeline; scheduler as in `from_pretrained`."""
         scheduler = kwargs.pop("scheduler", None)
-        if scheduler is not None and not isinstance(scheduler, str):
-            kwargs["scheduler"] = scheduler
-        pipe = super().from_pipe(pipeline, **kwargs)
-        if scheduler is None or isinstance(scheduler, str):
-            pipe.scheduler = make_scheduler(scheduler or "ddim", pipeline.scheduler.config)
-        return pipe
+        pipe = super().from_pipe(pipeline, **_scheduler_object(scheduler), **kwargs)
+        return _with_named_scheduler(pipe, scheduler, pipeline.scheduler.config)
 
     # ------------------------------------------------------------------ public methods
     @torch.no_grad()
+    @_one_call_at_a_time
     def gradop_plus(
         self,
         prompt: str | list[str],
@@ -144,12 +189,14 @@ class GradOPPipeline(DiffusionPipeline):
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         lr: float = 0.1,
         optimizer="adam",
         painting_function="gaussian",
         blur_target: bool = False,
         optimize_target: str = "noisy",
-        guidance_decoder=None,
+        painting_decoder=None,
+        freeze_decoder: bool = True,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -159,6 +206,7 @@ class GradOPPipeline(DiffusionPipeline):
         region_image=None,
         region_step_fraction: float = 1.0,
         attention_store: AttentionStore | None = None,
+        **deprecated,
     ):
         r"""
         GradOP+ (single pass): sample from the text, and after a few early steps pull the latent toward
@@ -191,12 +239,18 @@ class GradOPPipeline(DiffusionPipeline):
                 compares with the raw painting, so its loss can never reach zero.
             optimize_target (`"noisy"` or `"x0"`, *optional*, defaults to `"noisy"`): optimise the current noisy
                 latent (as released) or the predicted clean latent x̂₀; either is then re-noised to the current level.
-            guidance_decoder (*optional*, defaults to the pipeline's `guidance_decoder` component, else its VAE):
-                the decoder the optimisation differentiates through, e.g. diffusers' `AutoencoderTiny` (TAESD) for
-                Stable Diffusion, or `gradop.models.load_guidance_decoder("toy")`; the final image is always decoded
+            latents (`torch.Tensor`, *optional*): the start noise ε `[batch, C, h, w]` instead of a draw from
+                `generator` (the start is still z = √(1 − ᾱ_{t_0}) ε, as released); later draws use `generator`.
+            painting_decoder (*optional*, defaults to the pipeline's `painting_decoder` component, else its VAE):
+                the decoder the painting loss differentiates through, e.g. diffusers' `AutoencoderTiny` (TAESD) for
+                Stable Diffusion, or `gradop.models.load_painting_decoder("toy")`; the final image is always decoded
                 by the pipeline's VAE. Pass `pipe.vae` for the full decoder (the release's choice). It must map the
                 same latents to images of the same size (`decode(z / config.scaling_factor).sample` in [-1, 1]).
-                A small one is much faster and slightly less faithful (benchmarks/RESULTS.md).
+                A small one is much faster and slightly less faithful (benchmarks/RESULTS.md). The old keyword
+                `guidance_decoder` still works, with a warning.
+            freeze_decoder (`bool`, *optional*, defaults to `True`): keep gradients out of the decoder's weights
+                during the optimisation. `False` reproduces the release, whose decoder weights accumulate unused
+                gradients: the same images, more time and memory (benchmarks/).
             output_type (`"pil"`, `"np"`, `"pt"` or `"latent"`, *optional*, defaults to `"pil"`).
             return_dict (`bool`, *optional*, defaults to `True`): return a `GradOPPipelineOutput`, else a tuple.
             callback_on_step_end (`Callable`, *optional*): `callback(pipe, step, timestep, tensors) -> dict`,
@@ -209,7 +263,7 @@ class GradOPPipeline(DiffusionPipeline):
                 kept with a warning and has no effect. Cross-attention bias on the conditional branch (method.md §4,
                 `gradop.regions`); the original attention processors are restored after the call.
             region_weight (`float`, *optional*, defaults to 0.4): w', the bias strength
-                η_t = w' log(1 + σ_t) max(QKᵀ/√d); 0 turns it off. 0.1–1 is the usual range.
+                λ_t = w' log(1 + σ_t) max(QKᵀ/√d) (eDiff-I's η_t); 0 turns it off. 0.1–1 is the usual range.
             region_image (*optional*): the painting whose colours define the regions (one, or one per prompt);
                 defaults to `image`, and is required by `text2img`. Its masks are resized to the output size
                 (with a warning) when its size differs.
@@ -222,45 +276,40 @@ class GradOPPipeline(DiffusionPipeline):
             [`GradOPPipelineOutput`] with `.images`, `.loss_history` and `.optimized_timesteps`.
         """
         # 1. Check inputs
-        strength = checks.check_fraction(strength, "strength")
-        num_iterative_steps = checks.check_count(num_iterative_steps, "num_iterative_steps")
-        grad_steps_per_iter = checks.check_count(grad_steps_per_iter, "grad_steps_per_iter")
-        num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
-        first = int(num_inference_steps * (1 - strength))  # k0, truncated as released
-        if num_iterative_steps and first + num_iterative_steps > num_inference_steps - 1:
-            raise ValueError(
-                f"the optimisation window (steps {first}..{first + num_iterative_steps - 1}) must end before the last "
-                f"step {num_inference_steps - 1}: raise strength, or lower num_iterative_steps, or add steps"
-            )
-        self._check_guidable()
-        batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
-                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
-        self._check_optimisation(lr, optimize_target)
-        paintings, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
-        target = self._expand((paintings + 1) / 2, batch)  # y in [0, 1]
-        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
-                                     prompt, batch, height, width, paintings)
-        guide = _PaintingGuide(
-            target=target, painting_function=get_painting_function(painting_function, target),
-            steps=range(first, first + num_iterative_steps), grad_steps=grad_steps_per_iter, lr=lr,
-            optimizer=optimizer, blur_target=blur_target, optimize_target=optimize_target, generator=generator,
-            decoder=self._check_guidance_decoder(guidance_decoder, height, width),
-        )
+        painting_decoder = _renamed_keyword(deprecated, painting_decoder)
+        self.check_inputs("gradop_plus", **_arguments(locals()))
+        call = self._start_call(_arguments(locals()))
 
         # 2. Encode the prompt (with the unconditional half for classifier-free guidance)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
+        call.prompt_embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt,
+                                                call.do_classifier_free_guidance)
 
-        # 3. Sample from noised zeros with the painting guide in the loop (and any region bias in the attention)
-        with self._region_attention(binding):
-            latents = self._sample_from_noise(
-                embeds, batch, height, width, num_inference_steps, guidance_scale, generator, eta, guide,
-                callback_on_step_end, callback_on_step_end_tensor_inputs,
-            )
+        # 3. Prepare the painting y, the region binding and the painting guide
+        self._check_one_evaluation_scheduler()
+        paintings = self.prepare_image(image, call, height, width)
+        call.binding = self.prepare_regions(call, paintings)
+        target = self._per_image((paintings + 1) / 2, call)  # y in [0, 1]
+        first = int(num_inference_steps * (1 - strength))  # k0, truncated in floating point as released (0.8 -> 9)
+        call.guide = PaintingGuide(
+            target=target, decoder=self.prepare_painting_decoder(painting_decoder, call),
+            painting_function=get_painting_function(painting_function, target), grad_steps=grad_steps_per_iter,
+            lr=lr, optimizer=optimizer, blur_target=blur_target, optimize_target=optimize_target,
+            freeze_decoder=freeze_decoder, window=range(first, first + num_iterative_steps),
+        )
 
-        # 4. Decode
-        return self._finish(latents, output_type, return_dict, guide.history, guide.timesteps)
+        # 4. Prepare timesteps and the start: zeros noised to t_0 (as released), z = √(1 − ᾱ_{t_0}) ε
+        timesteps = self.get_timesteps(num_inference_steps)
+        latents = self.prepare_latents(call, timesteps[:1], latents=latents)
+
+        # 5. Denoise; after each step of the guide's window, pull the latent toward the painting
+        with attention_control(self.unet, call.binding):
+            latents = self.denoise(latents, timesteps, call)
+
+        # 6. Decode
+        return self._finish(latents, call)
 
     @torch.no_grad()
+    @_one_call_at_a_time
     def gradop(
         self,
         prompt: str | list[str],
@@ -277,11 +326,13 @@ class GradOPPipeline(DiffusionPipeline):
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         lr: float = 0.1,
         optimizer="adam",
         painting_function="gaussian",
         blur_target: bool = False,
-        guidance_decoder=None,
+        painting_decoder=None,
+        freeze_decoder: bool = True,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -291,6 +342,7 @@ class GradOPPipeline(DiffusionPipeline):
         region_image=None,
         region_step_fraction: float = 1.0,
         attention_store: AttentionStore | None = None,
+        **deprecated,
     ):
         r"""
         GradOP (multi-pass, paper Fig. 2b): (1) draw a text-only sample z_τ; (2) gradient descent on the
@@ -305,37 +357,39 @@ class GradOPPipeline(DiffusionPipeline):
             `loss_history` holds one tensor per round.
         """
         # 1. Check inputs
-        strength = checks.check_fraction(strength, "strength")
-        grad_steps = checks.check_count(grad_steps, "grad_steps")
-        num_rounds = checks.check_count(num_rounds, "num_rounds", 1)
-        num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
-        batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
-                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
-        checks.check_positive(lr, "lr")
-        paintings, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
-        target = self._expand((paintings + 1) / 2, batch)
-        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
-                                     prompt, batch, height, width, paintings)
-        painting_fn = get_painting_function(painting_function, target)
-        decoder = self._check_guidance_decoder(guidance_decoder, height, width)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
-        loop = dict(guidance_scale=guidance_scale, generator=generator, eta=eta, callback=callback_on_step_end,
-                    callback_inputs=callback_on_step_end_tensor_inputs)
+        painting_decoder = _renamed_keyword(deprecated, painting_decoder)
+        self.check_inputs("gradop", **_arguments(locals()))
+        call = self._start_call(_arguments(locals()))
 
-        with self._region_attention(binding):
-            # 2. A sample from the target subspace: z_τ = Φ_τ(z_T)
-            latents = self._sample_from_noise(embeds, batch, height, width, num_inference_steps, guide=None, **loop)
-            history = []
+        # 2. Encode the prompt
+        call.prompt_embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt,
+                                                call.do_classifier_free_guidance)
+
+        # 3. Prepare the painting y, the region binding and the painting guide (no window: GradOP descends apart)
+        paintings = self.prepare_image(image, call, height, width)
+        call.binding = self.prepare_regions(call, paintings)
+        target = self._per_image((paintings + 1) / 2, call)
+        guide = PaintingGuide(
+            target=target, decoder=self.prepare_painting_decoder(painting_decoder, call),
+            painting_function=get_painting_function(painting_function, target), grad_steps=grad_steps, lr=lr,
+            optimizer=optimizer, blur_target=blur_target, freeze_decoder=freeze_decoder,
+        )
+
+        with attention_control(self.unet, call.binding):
+            # 4. A sample from the target subspace: z_τ = Φ_τ(z_T)
+            timesteps = self.get_timesteps(num_inference_steps)
+            latents = self.denoise(self.prepare_latents(call, timesteps[:1], latents=latents), timesteps, call)
             for _ in range(num_rounds):
-                # 3. Descend toward the painting: z̃ = argmin_z L(f(D(z)), y), starting at z_τ
-                clean, losses = self._descend(latents, target, painting_fn, grad_steps, lr, optimizer, blur_target,
-                                              decoder)
-                history.append(losses)
-                # 4. Back to the target subspace: SDEdit from z̃
-                latents = self._sdedit_latents(clean.to(latents.dtype), strength, embeds, num_inference_steps, **loop)
+                if self.interrupt:
+                    break
+                # 5. Descend toward the painting: z̃ = argmin_z L(f(D(z)), y), starting at z_τ
+                clean = guide.descend(latents).to(latents.dtype)
+                # 6. Back to the target subspace: SDEdit from z̃
+                latents = self._sdedit(clean, self.get_timesteps(num_inference_steps, strength), call)
 
-        # 5. Decode
-        return self._finish(latents, output_type, return_dict, history, [])
+        # 7. Decode
+        call.guide = guide  # for its loss history
+        return self._finish(latents, call)
 
     def sdedit(self, prompt: str | list[str], image, strength: float = 0.8, **kwargs):
         r"""
@@ -350,9 +404,12 @@ class GradOPPipeline(DiffusionPipeline):
                 `callback_on_step_end`, `callback_on_step_end_tensor_inputs`, `regions`, `region_weight`,
                 `region_image`, `region_step_fraction`, `attention_store`, as in [`~GradOPPipeline.gradop_plus`].
         """
+        if "num_loops" in kwargs:
+            raise TypeError("sdedit takes no num_loops: it is one SDEdit pass; use loopback(num_loops=...)")
         return self.loopback(prompt, image, strength, 1, **kwargs)
 
     @torch.no_grad()
+    @_one_call_at_a_time
     def loopback(
         self,
         prompt: str | list[str],
@@ -384,33 +441,33 @@ class GradOPPipeline(DiffusionPipeline):
         Everything else as in [`~GradOPPipeline.gradop_plus`].
         """
         # 1. Check inputs
-        strength = checks.check_fraction(strength, "strength")
-        num_loops = checks.check_count(num_loops, "num_loops", 1)
-        num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
-        batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
-                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
-        images, height, width = self._prepare_images(image, batch, num_images_per_prompt, height, width)
-        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
-                                     prompt, batch, height, width, images)
+        self.check_inputs("loopback", **_arguments(locals()))
+        call = self._start_call(_arguments(locals()))
 
         # 2. Encode the prompt
-        embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
+        call.prompt_embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt,
+                                                call.do_classifier_free_guidance)
 
-        # 3. SDEdit, re-encoding the previous output each loop
-        loop = dict(guidance_scale=guidance_scale, generator=generator, eta=eta, callback=callback_on_step_end,
-                    callback_inputs=callback_on_step_end_tensor_inputs)
-        latents = self._encode_images(images, batch, generator)
-        with self._region_attention(binding):
+        # 3. Prepare the painting and the region binding
+        images = self.prepare_image(image, call, height, width)
+        call.binding = self.prepare_regions(call, images)
+
+        # 4. SDEdit, re-encoding the previous output each loop
+        latents = self._encode_images(images, call)
+        with attention_control(self.unet, call.binding):
             for i in range(num_loops):
+                if self.interrupt:
+                    break
                 if i:
                     decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-                    latents = self._encode_images(decoded.clamp(-1, 1), len(latents), generator)
-                latents = self._sdedit_latents(latents, strength, embeds, num_inference_steps, **loop)
+                    latents = self._encode_images(decoded.clamp(-1, 1), call)
+                latents = self._sdedit(latents, self.get_timesteps(num_inference_steps, strength), call)
 
-        # 4. Decode
-        return self._finish(latents, output_type, return_dict, [], [])
+        # 5. Decode
+        return self._finish(latents, call)
 
     @torch.no_grad()
+    @_one_call_at_a_time
     def text2img(
         self,
         prompt: str | list[str],
@@ -423,6 +480,7 @@ class GradOPPipeline(DiffusionPipeline):
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -440,21 +498,23 @@ class GradOPPipeline(DiffusionPipeline):
         everything else as in [`~GradOPPipeline.gradop_plus`].
         """
         # 1. Check inputs
-        num_inference_steps = checks.check_count(num_inference_steps, "num_inference_steps", 1)
-        batch = self._check_common(prompt, num_images_per_prompt, guidance_scale, generator, output_type,
-                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self.check_inputs("text2img", **_arguments(locals()))
+        call = self._start_call(_arguments(locals()))
         default = self.unet.config.sample_size * self.vae_scale_factor
-        height = check_side(default if height is None else height, "height", self.vae_scale_factor)
-        width = check_side(default if width is None else width, "width", self.vae_scale_factor)
-        binding = self._bind_regions(regions, region_weight, region_image, region_step_fraction, attention_store,
-                                     prompt, batch, height, width)
+        call.height = check_side(default if height is None else height, "height", self.vae_scale_factor)
+        call.width = check_side(default if width is None else width, "width", self.vae_scale_factor)
 
-        # 2. Encode the prompt; 3. sample; 4. decode
-        embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt, guidance_scale > 1)
-        with self._region_attention(binding):
-            latents = self._sample_from_noise(embeds, batch, height, width, num_inference_steps, guidance_scale, generator,
-                                              eta, None, callback_on_step_end, callback_on_step_end_tensor_inputs)
-        return self._finish(latents, output_type, return_dict, [], [])
+        # 2. Encode the prompt; 3. prepare the region binding, timesteps and the start
+        call.prompt_embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt,
+                                                call.do_classifier_free_guidance)
+        call.binding = self.prepare_regions(call)
+        timesteps = self.get_timesteps(num_inference_steps)
+        latents = self.prepare_latents(call, timesteps[:1], latents=latents)
+
+        # 4. Denoise; 5. decode
+        with attention_control(self.unet, call.binding):
+            latents = self.denoise(latents, timesteps, call)
+        return self._finish(latents, call)
 
     # ------------------------------------------------------------------ the released pipeline's names
     def gradop_plus_stroke2img(self, prompt, stroke_img, strength=0.8, num_iterative_steps=3, grad_steps_per_iter=12,
@@ -471,7 +531,45 @@ class GradOPPipeline(DiffusionPipeline):
         """Drop-in for the release: text-only samples, returning the output object."""
         return self.text2img(prompt, num_images_per_prompt=num_images_per_prompt, generator=generator, **kwargs)
 
-    # ------------------------------------------------------------------ building blocks
+    # ------------------------------------------------------------------ building blocks, in call order
+    @classmethod
+    def check_inputs(cls, method: str, prompt, image=None, **arguments) -> None:
+        """Validate every argument of `method` (`"gradop_plus"`, `"gradop"`, `"sdedit"`, `"loopback"`,
+        `"text2img"`) before any work: a `ValueError`/`TypeError` naming the argument and the fix.
+
+        Validation only, and no model needed (the CLI and the sweep call it before loading one). What
+        depends on the model (image sizes against its VAE factor, the scheduler, the painting decoder) is
+        checked where it is prepared. The painting itself is read by `prepare_image`.
+        """
+        if method not in _METHOD_NAMES:
+            raise ValueError(f"method must be one of {_METHOD_NAMES}, got {method!r}")
+        prompts = checks.check_prompts(prompt)
+        if method != "text2img" and image is None:
+            raise TypeError(f"{method} needs the painting as image: a file path, PIL image, numpy array or torch tensor")
+        for name, value in arguments.items():
+            if name in checks.ARGUMENT_CHECKS and value is not None:
+                checks.ARGUMENT_CHECKS[name](value, name)
+        batch = len(prompts) * arguments.get("num_images_per_prompt", 1)
+        checks.check_generator(arguments.get("generator"), batch)
+        if arguments.get("negative_prompt") is not None:
+            checks.check_negative_prompts(arguments["negative_prompt"], len(prompts))
+        checks.check_callback(arguments.get("callback_on_step_end"),
+                              arguments.get("callback_on_step_end_tensor_inputs", ()), cls._callback_tensor_inputs)
+        store = arguments.get("attention_store")
+        if store is not None and not isinstance(store, AttentionStore):
+            raise TypeError(f"attention_store must be a gradop.regions.AttentionStore, got {type(store).__name__}")
+        regions = arguments.get("regions")
+        if regions is not None and not (isinstance(regions, Mapping) and not regions):
+            parse_regions(regions)
+            if method == "text2img" and arguments.get("region_image") is None:
+                raise ValueError("regions need a painting whose colours define them: pass region_image=<the painting>")
+        if method == "gradop_plus":
+            steps, k = arguments.get("num_inference_steps", 50), arguments.get("num_iterative_steps", 3)
+            first = int(steps * (1 - arguments.get("strength", 0.8)))  # k0, as `gradop_plus` computes it
+            if k and first + k > steps - 1:
+                raise ValueError(f"the optimisation window (steps {first}..{first + k - 1}) must end before the last "
+                                 f"step {steps - 1}: raise strength, or lower num_iterative_steps, or add steps")
+
     def encode_prompt(self, prompt, num_images_per_prompt=1, negative_prompt=None, do_classifier_free_guidance=True):
         """Text embeddings `[batch, seq, dim]`, with the unconditional ones first when guiding (as diffusers)."""
         prompts = checks.check_prompts(prompt)
@@ -483,137 +581,131 @@ class GradOPPipeline(DiffusionPipeline):
             tokens = self.tokenizer.tokenize(text)  # without start/end tokens, which take 2 of the max_length places
             if len(tokens) > max_length - 2:
                 dropped = self.tokenizer.convert_tokens_to_string(tokens[max_length - 2:])
+                shown = dropped if len(dropped) <= 60 else dropped[:57] + "..."
                 warnings.warn(f"prompt is longer than the tokenizer's {max_length} tokens and was truncated; "
-                              f"dropped: {dropped!r}", stacklevel=3)
+                              f"{len(tokens) - max_length + 2} tokens dropped, from {shown!r}", stacklevel=3)
         ids = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
                              return_tensors="pt").input_ids
         embeds = self.text_encoder(ids.to(self._execution_device))[0].to(self.unet.dtype)
         return embeds.repeat_interleave(num_images_per_prompt, dim=0)
 
-    def _sample_from_noise(self, embeds, batch, height, width, num_inference_steps, guidance_scale, generator, eta,
-                           guide, callback, callback_inputs):
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        timesteps = self.scheduler.timesteps
-        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        noise = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
-        # The released start: an all-zero latent diffused to t_0, z = sqrt(1 - ᾱ_t0) ε (≈ 0.9971 ε for DDIM)
-        latents = self.scheduler.add_noise(torch.zeros_like(noise), noise, timesteps[:1].repeat(batch))
-        return self._denoise(latents.to(self.unet.dtype), timesteps, embeds, guidance_scale, generator, eta, guide,
-                             callback, callback_inputs)
+    def prepare_image(self, image, call: _Call, height=None, width=None) -> torch.Tensor:
+        """The painting(s) as `[-1, 1]` tensors at the output size, which this sets on `call`: explicit
+        `height`/`width`, else the (first) painting's own size, as multiples of the VAE factor."""
+        pils, names = self._load_images(image, "image", len(call.prompt))
+        call.height, call.width = output_size(pils[0], height, width, self.vae_scale_factor, names[0])
+        for pil, name in zip(pils[1:], names[1:]):
+            output_size(pil, call.height, call.width, self.vae_scale_factor, name)  # size limits only
+        return self.image_processor.preprocess(pils, height=call.height, width=call.width).to(self._execution_device)
 
-    def _sdedit_latents(self, latents, strength, embeds, num_inference_steps, guidance_scale, generator, eta,
-                        callback, callback_inputs):
-        """Noise clean `latents` to `strength` and denoise them: the last int(n·strength) of n steps."""
+    def prepare_regions(self, call: _Call, paintings: torch.Tensor | None = None) -> RegionBinding | None:
+        """The region binding of the call (`gradop.regions`): `None` without regions or an attention store.
+        The colours come from `region_image`, else from the painting."""
+        regions, store, size = call.regions, call.attention_store, (call.height, call.width)
+        if regions is None or (isinstance(regions, Mapping) and not regions):
+            return None if store is None else RegionBinding.empty(call.batch_size, size, store)
+        if call.region_image is not None:
+            images, names = self._load_images(call.region_image, "region_image", len(call.prompt))
+        else:
+            images, names = self._load_images(((paintings.float().cpu() + 1) / 2).clamp(0, 1), "image", len(call.prompt))
+        return bind_regions(regions, call.prompt, self.tokenizer, images, names, call.batch_size, size,
+                            region_weight=call.region_weight, step_fraction=call.region_step_fraction,
+                            alphas_cumprod=self.scheduler.alphas_cumprod, store=store)
+
+    def prepare_painting_decoder(self, painting_decoder, call: _Call):
+        """The decoder the painting loss differentiates through: the call's, else the pipeline's `painting_decoder`
+        component, else the VAE; checked to turn this call's latents into images of its size."""
+        decoder = self.painting_decoder if painting_decoder is None else painting_decoder
+        if decoder is None or decoder is self.vae:
+            return self.vae
+        latent_shape = (self.vae.config.latent_channels, call.height // self.vae_scale_factor,
+                        call.width // self.vae_scale_factor)
+        return check_painting_decoder(decoder, latent_shape, (call.height, call.width))
+
+    def get_timesteps(self, num_inference_steps: int, strength: float | None = None) -> torch.Tensor:
+        """The sampler's timesteps: all `n`, or for SDEdit the last int(n·strength) (t_start = n − int(n·s))."""
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        if strength is None:
+            return self.scheduler.timesteps
         t_start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
-        timesteps = self.scheduler.timesteps[t_start * self.scheduler.order:]
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(t_start * self.scheduler.order)
-        if len(timesteps) == 0:
-            return latents
-        noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=torch.float32)
-        latents = self.scheduler.add_noise(latents.float(), noise, timesteps[:1].repeat(len(latents)))
-        return self._denoise(latents.to(self.unet.dtype), timesteps, embeds, guidance_scale, generator, eta, None,
-                             callback, callback_inputs)
+        return self.scheduler.timesteps[t_start * self.scheduler.order:]
 
-    def _denoise(self, latents, timesteps, embeds, guidance_scale, generator, eta, guide, callback, callback_inputs):
-        """The one sampling loop: UNet with classifier-free guidance, scheduler step, optional painting guide."""
-        do_cfg = guidance_scale > 1
-        step_kwargs = self._step_kwargs(generator, eta)
-        binding = self._binding
-        with self.progress_bar(total=len(timesteps)) as progress:
+    def prepare_latents(self, call: _Call, timestep: torch.Tensor, image_latents=None, latents=None) -> torch.Tensor:
+        """The start of sampling at `timestep`, q(z_t | z_0) = √ᾱ_t z_0 + √(1 − ᾱ_t) ε, with ε from the call's
+        generator (or `latents`, the user's ε). z_0 is the encoded painting for SDEdit, else zeros: the release
+        starts text-only sampling and GradOP+ from z = √(1 − ᾱ_{t_0}) ε (≈ 0.9971 ε for DDIM)."""
+        f = self.vae_scale_factor
+        shape = tuple(image_latents.shape) if image_latents is not None else (
+            call.batch_size, self.unet.config.in_channels, call.height // f, call.width // f)
+        if latents is None:
+            noise = randn_tensor(shape, generator=call.generator, device=self._execution_device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (batch, channels, height/{f}, width/{f}), "
+                             f"got {tuple(latents.shape)}")
+        else:
+            noise = latents.to(self._execution_device, torch.float32)
+        clean = torch.zeros_like(noise) if image_latents is None else image_latents.float()
+        return self.scheduler.add_noise(clean, noise, timestep.repeat(len(noise))).to(self.unet.dtype)
+
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
+        """`eta` and `generator` for schedulers whose `step` takes them (DDIM's η, ancestral samplers)."""
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        return {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
+
+    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, call: _Call) -> torch.Tensor:
+        """The one sampling loop of every method: UNet with classifier-free guidance, the scheduler's step, then,
+        inside GradOP+'s window, the painting guide's step (`PaintingGuide.step`)."""
+        guide, binding = call.guide, call.binding
+        extra_step_kwargs = self.prepare_extra_step_kwargs(call.generator, call.eta)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
                 if binding is not None:
-                    binding.start_step(i, len(timesteps), t)  # sets this step's η_t for the attention processors
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                    binding.start_step(i, len(timesteps), t)  # σ_t of the region bias
+                model_input = torch.cat([latents] * 2) if call.do_classifier_free_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-                if do_cfg:
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=call.prompt_embeds, return_dict=False)[0]
+                if call.do_classifier_free_guidance:
                     noise_uncond, noise_text = noise_pred.chunk(2)
-                    # ε̂ = ε_∅ + w (ε_τ − ε_∅)
-                    noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-                wants_x0 = guide is not None and i in guide.steps and guide.optimize_target == "x0"
-                x0 = self._predict_x0(model_input[-len(latents):], noise_pred, t) if wants_x0 else None
-                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                    noise_pred = noise_uncond + call.guidance_scale * (noise_text - noise_uncond)  # ε_∅ + w (ε_τ − ε_∅)
+                optimise = guide is not None and i in guide.window
+                x0 = predict_x0(self.scheduler, model_input[-len(latents):], noise_pred, t) \
+                    if optimise and guide.wants_x0 else None
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
-                if guide is not None and i in guide.steps:
-                    latents = self._guide(guide, latents, timesteps[i + 1], x0)
-                    if len(guide.history[-1]):
-                        progress.set_postfix(painting_loss=float(guide.history[-1][-1].mean()))
-                if callback is not None:
-                    tensors = {"latents": latents, "prompt_embeds": embeds}
-                    returned = callback(self, i, t, {k: tensors[k] for k in callback_inputs}) or {}
-                    latents = returned.pop("latents", latents)
-                    embeds = returned.pop("prompt_embeds", embeds)
-                progress.update()
+                if optimise:  # GradOP+: pull z_{t_{i+1}} toward the painting, re-noise to t_{i+1}
+                    latents = guide.step(self.scheduler, latents, timesteps[i + 1], call.generator, x0)
+                    if len(guide.loss_history[-1]):
+                        progress_bar.set_postfix(painting_loss=float(guide.loss_history[-1][-1].mean()))
+                if call.callback_on_step_end is not None:
+                    latents = self._step_callback(call, i, t, latents)
+                progress_bar.update()
         return latents
 
-    def _guide(self, guide, latents, t_next, x0):
-        """Optimise toward the painting, then re-noise the result as if clean to the current level t_{i+1}."""
-        # The decoder expects variance-preserving latents: scale_model_input maps any scheduler's sample there
-        start = x0 if x0 is not None else self.scheduler.scale_model_input(latents, t_next)
-        optimized, losses = self._descend(start, guide.target, guide.painting_function, guide.grad_steps, guide.lr,
-                                          guide.optimizer, guide.blur_target, guide.decoder)
-        guide.history.append(losses)
-        guide.timesteps.append(int(t_next))
-        noise = randn_tensor(optimized.shape, generator=guide.generator, device=optimized.device, dtype=torch.float32)
-        # z = sqrt(ᾱ_{t_{i+1}}) z̃ + sqrt(1 − ᾱ_{t_{i+1}}) ε'   (in the scheduler's own parametrisation)
-        return self.scheduler.add_noise(optimized, noise, t_next.repeat(len(optimized))).to(latents.dtype)
+    def _sdedit(self, clean: torch.Tensor, timesteps: torch.Tensor, call: _Call) -> torch.Tensor:
+        """SDEdit from clean latents: noise them to the first of `timesteps`, then denoise (no steps: unchanged)."""
+        if not len(timesteps):
+            return clean
+        return self.denoise(self.prepare_latents(call, timesteps[:1], clean), timesteps, call)
 
-    def _predict_x0(self, sample, model_output, t):
-        """x̂₀ from a variance-preserving sample at t and the guided model output."""
-        alpha_bar = self.scheduler.alphas_cumprod[int(round(float(t)))].to(sample.device, torch.float32)
-        sample, model_output = sample.float(), model_output.float()
-        kind = self.scheduler.config.prediction_type
-        if kind == "epsilon":
-            return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()  # (x_t − √(1−ᾱ) ε̂) / √ᾱ
-        if kind == "v_prediction":
-            return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output  # √ᾱ x_t − √(1−ᾱ) v̂
-        return model_output
+    def _step_callback(self, call: _Call, i: int, t, latents: torch.Tensor) -> torch.Tensor:
+        """diffusers' `callback_on_step_end`: it sees the tensors it asked for; returned ones replace them."""
+        tensors = {"latents": latents, "prompt_embeds": call.prompt_embeds}
+        returned = call.callback_on_step_end(self, i, t, {k: tensors[k] for k in call.callback_on_step_end_tensor_inputs})
+        if returned is None:
+            return latents
+        if not isinstance(returned, Mapping):
+            raise TypeError("callback_on_step_end must return a dict of tensors (or None), e.g. `return tensors`; "
+                            f"it returned a {type(returned).__name__}")
+        call.prompt_embeds = returned.get("prompt_embeds", call.prompt_embeds)
+        return returned.get("latents", latents)
 
-    def _descend(self, start, target, painting_function, steps, lr, optimizer, blur_target, decoder=None):
-        """`optimize_latents` through `decoder` (None: the VAE), its weights frozen unless `freeze_decoder` is off."""
-        with frozen(self.vae if decoder is None else decoder) if self.freeze_decoder else nullcontext():
-            return optimize_latents(start, target, partial(self._decode_for_loss, decoder=decoder), painting_function,
-                                    steps, lr, optimizer, blur_target)
-
-    def _check_guidance_decoder(self, decoder, height, width):
-        """The decoder the optimisation differentiates through (None: the VAE), checked to map this pipeline's
-        latents to images of the output size. A call's choice wins over the pipeline's component."""
-        decoder = self.guidance_decoder if decoder is None else decoder
-        if decoder is None or decoder is self.vae:
-            return None
-        if not (callable(getattr(decoder, "decode", None)) and hasattr(getattr(decoder, "config", None), "scaling_factor")):
-            raise TypeError("guidance_decoder must be a diffusers autoencoder (AutoencoderTiny, AutoencoderKL) with "
-                            f"decode() and config.scaling_factor, got {type(decoder).__name__}")
-        latent = torch.zeros(1, self.vae.config.latent_channels, height // self.vae_scale_factor,
-                             width // self.vae_scale_factor, device=self.device, dtype=decoder.dtype)
-        with torch.no_grad():
-            size = tuple(decoder.decode(latent).sample.shape[-2:])
-        if size != (height, width):
-            raise ValueError(f"guidance_decoder turns this pipeline's {tuple(latent.shape[-2:])} latents into {size} "
-                             f"images, not ({height}, {width}): it must upsample by {self.vae_scale_factor} like the VAE")
-        return decoder
-
-    def _decode_for_loss(self, latents, decoder=None):
-        """D(z) in [0, 1] for the painting loss: clamp((D(z / s) + 1) / 2, 0, 1), gradients kept.
-
-        After diffusers' `decoder.enable_tiling()` it is decoded in tiles of the decoder's tile size and
-        overlap, each recomputed in the backward pass (`decode_in_tiles`): memory for large images."""
-        decoder = self.vae if decoder is None else decoder
-
-        def decode(z):
-            decoded = decoder.decode((z / decoder.config.scaling_factor).to(decoder.dtype)).sample
-            return ((decoded.float() + 1) / 2).clamp(0, 1)
-
-        if getattr(decoder, "use_tiling", False):
-            tile = decoder.tile_latent_min_size
-            return decode_in_tiles(decode, latents, tile, min(int(tile * decoder.tile_overlap_factor), tile // 2))
-        return decode(latents)
-
-    def _encode_images(self, images, batch, generator):
+    def _encode_images(self, images: torch.Tensor, call: _Call) -> torch.Tensor:
         """Posterior samples of the VAE, scaled; one image per generator when given a list (as diffusers)."""
-        images = images.to(self._execution_device, self.vae.dtype)
+        images, batch, generator = images.to(self._execution_device, self.vae.dtype), call.batch_size, call.generator
         if isinstance(generator, list):
             images = images.repeat_interleave(batch // len(images), dim=0) if len(images) < batch else images
             latents = torch.cat([self.vae.encode(images[i:i + 1]).latent_dist.sample(generator[i]) for i in range(batch)])
@@ -622,8 +714,9 @@ class GradOPPipeline(DiffusionPipeline):
             latents = latents.repeat_interleave(batch // len(latents), dim=0)
         return latents * self.vae.config.scaling_factor
 
-    def _finish(self, latents, output_type, return_dict, history, timesteps):
-        if output_type == "latent":
+    def _finish(self, latents: torch.Tensor, call: _Call):
+        """Decode (unless `output_type="latent"`), post-process, and package every output field."""
+        if call.output_type == "latent":
             images = latents
         else:
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0].float()
@@ -635,52 +728,30 @@ class GradOPPipeline(DiffusionPipeline):
             if not torch.isfinite(decoded).all():
                 raise FloatingPointError("the decoded image contains NaN/inf (half precision overflow?); "
                                          "load the models in dtype=torch.float32 or torch.bfloat16")
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
+            images = self.image_processor.postprocess(decoded, output_type=call.output_type)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, history
-        return GradOPPipelineOutput(images=images, loss_history=history, optimized_timesteps=timesteps)
+        guide = call.guide
+        output = GradOPPipelineOutput(images=images, loss_history=guide.loss_history if guide else [],
+                                      optimized_timesteps=guide.optimized_timesteps if guide else [])
+        return output if call.return_dict else output.to_tuple()
 
-    def _step_kwargs(self, generator, eta):
-        accepted = set(inspect.signature(self.scheduler.step).parameters)
-        return {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
+    # ------------------------------------------------------------------ small helpers
+    def _start_call(self, arguments: dict) -> _Call:
+        self._interrupt = False
+        return _Call.from_arguments(arguments)
 
-    # ------------------------------------------------------------------ input handling
-    def _check_common(self, prompt, num_images_per_prompt, guidance_scale, generator, output_type, callback,
-                      callback_inputs) -> int:
-        prompts = checks.check_prompts(prompt)
-        num_images_per_prompt = checks.check_count(num_images_per_prompt, "num_images_per_prompt", 1)
-        checks.check_guidance(guidance_scale)
-        checks.check_output_type(output_type)
-        checks.check_callback(callback, callback_inputs, self._callback_tensor_inputs)
-        batch = len(prompts) * num_images_per_prompt
-        checks.check_generator(generator, batch)
-        return batch
-
-    def _check_optimisation(self, lr, optimize_target):
-        checks.check_positive(lr, "lr")
-        if optimize_target not in ("noisy", "x0"):
-            raise ValueError(f"optimize_target must be 'noisy' (as released) or 'x0', got {optimize_target!r}")
-
-    def _check_guidable(self):
+    def _check_one_evaluation_scheduler(self) -> None:
         if self.scheduler.order != 1:
             raise ValueError(f"{type(self.scheduler).__name__} takes {self.scheduler.order} model evaluations per step; "
                              "GradOP+ needs a one-evaluation scheduler: use scheduler 'ddim', 'pndm', 'dpm', 'euler' ...")
 
-    def _prepare_images(self, image, batch, num_images_per_prompt, height, width):
-        """Images as `[-1, 1]` tensors at the output size; one per prompt, or one for all (see `_expand`).
-
-        `batch` is the checked prompts x `num_images_per_prompt`.
-        """
-        pils, names = self._load_images(image, "image", batch // num_images_per_prompt)
-        height, width = output_size(pils[0], height, width, self.vae_scale_factor, names[0])
-        for pil, name in zip(pils[1:], names[1:]):
-            output_size(pil, height, width, self.vae_scale_factor, name)  # size limits only
-        tensor = self.image_processor.preprocess(pils, height=height, width=width).to(self._execution_device)
-        return tensor, height, width
+    @staticmethod
+    def _per_image(tensor: torch.Tensor, call: _Call) -> torch.Tensor:
+        """One row per image of the batch: each prompt's row repeated (or the single row for all)."""
+        return tensor.repeat_interleave(call.batch_size // len(tensor), dim=0)
 
     @staticmethod
-    def _load_images(image, name, num_prompts):
+    def _load_images(image, name: str, num_prompts: int):
         """`image` (one, or one per prompt) as RGB PIL images, with the names errors will use."""
         if isinstance(image, torch.Tensor) and image.ndim == 4:
             image = list(image)
@@ -693,37 +764,31 @@ class GradOPPipeline(DiffusionPipeline):
         names = [name] if len(images) == 1 else [f"{name}[{i}]" for i in range(len(images))]
         return [load_image(im, n) for im, n in zip(images, names)], names
 
-    @staticmethod
-    def _expand(tensor, batch):
-        """One row per image of the batch: each prompt's row repeated (or the single row for all)."""
-        return tensor.repeat_interleave(batch // len(tensor), dim=0)
 
-    def _bind_regions(self, regions, region_weight, region_image, step_fraction, store, prompt, batch, height, width,
-                      paintings=None) -> RegionBinding | None:
-        """The region binding of one call: `None` without regions or an attention store (see `gradop.regions`)."""
-        if store is not None and not isinstance(store, AttentionStore):
-            raise TypeError(f"attention_store must be a gradop.regions.AttentionStore, got {type(store).__name__}")
-        checks.check_finite(region_weight, "region_weight")
-        step_fraction = checks.check_fraction(step_fraction, "region_step_fraction")
-        if regions is None or (isinstance(regions, Mapping) and not regions):
-            return None if store is None else RegionBinding.empty(batch, (height, width), store)
-        prompts = checks.check_prompts(prompt)
-        if region_image is not None:
-            images, names = self._load_images(region_image, "region_image", len(prompts))
-        elif paintings is not None:
-            images, names = self._load_images(((paintings.float().cpu() + 1) / 2).clamp(0, 1), "image", len(prompts))
-        else:
-            raise ValueError("regions need a painting whose colours define them: pass region_image=<the painting>")
-        return bind_regions(regions, prompts, self.tokenizer, images, names, batch, (height, width),
-                            region_weight=region_weight, step_fraction=step_fraction,
-                            alphas_cumprod=self.scheduler.alphas_cumprod, store=store)
+_METHOD_NAMES = ("gradop_plus", "gradop", "sdedit", "loopback", "text2img")
 
-    @contextmanager
-    def _region_attention(self, binding):
-        """Region-biased (or recording) cross-attention for the sampling inside; originals restored, even on error."""
-        self._binding = binding
-        try:
-            with attention_control(self.unet, binding):
-                yield
-        finally:
-            self._binding = None
+
+def _scheduler_object(scheduler) -> dict:
+    """The `scheduler` keyword for diffusers' loaders when it is an object; a name is applied afterwards."""
+    return {} if scheduler is None or isinstance(scheduler, str) else {"scheduler": scheduler}
+
+
+def _with_named_scheduler(pipe, scheduler, config):
+    """Unless a scheduler object was given: the named one (the released DDIM by default) on `config`'s schedule."""
+    if scheduler is None or isinstance(scheduler, str):
+        pipe.scheduler = make_scheduler(scheduler or "ddim", config)
+    return pipe
+
+
+def _renamed_keyword(extra: dict, painting_decoder):
+    """`guidance_decoder=` is the old name of `painting_decoder=` (with a warning); other unknown keywords fail."""
+    unknown = sorted(set(extra) - {"guidance_decoder"})
+    if unknown:
+        raise TypeError(f"got an unexpected keyword argument {unknown[0]!r}")
+    if "guidance_decoder" not in extra:
+        return painting_decoder
+    warnings.warn("guidance_decoder= is now called painting_decoder= (\"guidance\" means classifier-free guidance)",
+                  FutureWarning, stacklevel=4)
+    if painting_decoder is not None:
+        raise TypeError("pass painting_decoder= only; guidance_decoder= is its old name")
+    return extra["guidance_decoder"]

@@ -14,46 +14,62 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .schedulers import make_scheduler
 
 
-def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer with no merges: every byte is a token, word ends marked `</w>`."""
+def byte_vocab() -> dict[str, int]:
+    """CLIP's special tokens and a byte alphabet, each byte with and without the word-end mark `</w>`."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for suffix in ("", "</w>"):
         for char in sorted(ByteLevel.alphabet()):
             vocab[char + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    return vocab
+
+
+def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with no merges: every byte is a token, word ends marked `</w>`."""
+    return CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=model_max_length)
+
+
+def sd_like_components(tokenizer, seeds: dict[str, int], unet: dict, vae: dict, text: dict) -> dict:
+    """Untrained vae, text_encoder, unet with Stable Diffusion's classes from their configurations, each
+    seeded on its own (`seeds[name]`, applied in that dict's order) so they are reproducible; plus `tokenizer`
+    and the released DDIM scheduler. `text` is a `CLIPTextConfig`'s fields beyond the tokenizer's."""
+    builders = {
+        "unet": lambda: UNet2DConditionModel(**unet),
+        "vae": lambda: AutoencoderKL(**vae),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1, **text)),
+    }
+    models = {}
+    for name, seed in seeds.items():
+        torch.manual_seed(seed)
+        models[name] = builders[name]()
+    return dict(models, tokenizer=tokenizer, scheduler=make_scheduler("ddim"))
 
 
 def tiny_components(seed: int = 0, scheduler: str = "ddim") -> dict:
-    """vae, text_encoder, tokenizer, unet, scheduler; each model seeded on its own so they are reproducible."""
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8, cross_attention_dim=32,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    """vae, text_encoder, tokenizer, unet, scheduler: SD's structure at a size that runs in milliseconds."""
+    components = sd_like_components(
+        tiny_tokenizer(), seeds={"unet": seed, "vae": seed + 1, "text_encoder": seed + 2},
+        unet=dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                  block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8, cross_attention_dim=32,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                 block_out_channels=(8, 16, 16, 16), sample_size=64,
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+        text=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, layer_norm_eps=1e-5),
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        block_out_channels=(8, 16, 16, 16), sample_size=64,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, layer_norm_eps=1e-5,
-    ))
-    for model in (unet, vae, text_encoder):
-        model.eval()
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                scheduler=make_scheduler(scheduler))
+    for name in ("unet", "vae", "text_encoder"):
+        components[name].eval()
+    return components | {"scheduler": make_scheduler(scheduler)}
 
 
 def tiny_pipeline(seed: int = 0, scheduler: str = "ddim"):
+    """`GradOPPipeline` of `tiny_components`, named `gradop.models.TINY` (`load_pipeline("tiny")`)."""
+    from .models import TINY
     from .pipeline import GradOPPipeline
 
     pipe = GradOPPipeline(**tiny_components(seed, scheduler))
+    pipe.register_to_config(_name_or_path=TINY)
     pipe.set_progress_bar_config(disable=True)
     return pipe

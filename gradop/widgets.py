@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,14 @@ import torch
 from ipycanvas import MultiCanvas, hold_canvas
 
 from .images import load_image, scaled_size
-from .regions import parse_color, to_hex
-from .toy.world import BASE_COLORS, ROOF_COLOR
+from .colors import parse_color, to_hex
+from .methods import METHODS
 
-# The toy world's class colours: strokes in these become the classes the toy model knows
-TOY_PALETTE = {name: to_hex(rgb) for name, (rgb, _) in BASE_COLORS.items()} | {"roof": to_hex(ROOF_COLOR[0])}
+# The toy world's class colours (gradop.toy.world; a test keeps them in step): strokes in these become the
+# classes the toy model knows. Written out so the widgets never import the toy world.
+TOY_PALETTE = {"sky": "#69a5e6", "cloud": "#e8ebf0", "sun": "#ffe16e", "mountain": "#736676", "snow": "#eef3fa",
+               "forest": "#26582a", "grass": "#64a53e", "water": "#2d64af", "sand": "#dac08c", "house": "#c4aa8c",
+               "roof": "#96372d"}
 
 
 @dataclass
@@ -61,6 +65,41 @@ def stroke_layer(strokes, size) -> PIL.Image.Image:
         for x, y in points:  # round caps and joins, as the canvas draws them
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
     return layer
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")  # json.loads takes NaN/Infinity unless told not to
+
+
+def _read_history(data: dict, max_brush: int) -> tuple[list[Stroke], dict[str, str]]:
+    """The strokes and bindings of parsed `to_json` output, every field checked (errors name it)."""
+    if data.get("version", 1) != 1:
+        raise ValueError(f"version {data['version']!r} is not 1")
+    if not isinstance(data["strokes"], list):
+        raise TypeError(f"strokes must be a list, got {data['strokes']!r}")
+    strokes = []
+    for i, s in enumerate(data["strokes"]):
+        if not isinstance(s, dict) or not isinstance(s["points"], list):
+            raise TypeError(f"strokes[{i}] must be an object with a list of points")
+        size = s["size"]
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not (size >= 1 and float(size).is_integer()):
+            raise ValueError(f"strokes[{i}].size must be a whole number of pixels >= 1, got {size!r}")
+        points = []
+        for p in s["points"]:
+            if not (isinstance(p, list) and len(p) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(float(v)) for v in p)):
+                raise ValueError(f"strokes[{i}]: a point must be [x, y] with finite numbers, got {p!r}")
+            points.append((float(p[0]), float(p[1])))
+        erase = s.get("erase", False)
+        if not isinstance(erase, bool):
+            raise TypeError(f"strokes[{i}].erase must be true or false, got {erase!r}")
+        # a huge brush takes minutes to rasterise; the slider cannot go past max_brush either
+        strokes.append(Stroke(to_hex(parse_color(s["color"], f"strokes[{i}].color")), min(int(size), max_brush),
+                              points, erase))
+    bindings = data.get("bindings", {})
+    if not isinstance(bindings, dict) or not all(isinstance(p, str) for p in bindings.values()):
+        raise TypeError(f"bindings must map colours to phrases (strings), got {bindings!r}")
+    return strokes, {to_hex(parse_color(c, "bindings")): p for c, p in bindings.items()}
 
 
 class ScribblePad(widgets.VBox):
@@ -191,7 +230,7 @@ class ScribblePad(widgets.VBox):
             self._change([])
 
     def load_image(self, image) -> None:
-        """Paint over `image` (path, PIL image or array; resized to the pad): it becomes the background."""
+        """Paint over `image` (path, file, PIL image or array; resized to the pad): it becomes the background."""
         self._background = load_image(image, "image").resize(self.size, PIL.Image.LANCZOS)
         self._redraw()
 
@@ -210,16 +249,26 @@ class ScribblePad(widgets.VBox):
                            "bindings": self.bindings})
 
     def from_json(self, text: str) -> None:
-        """Replace the strokes with those of `to_json` output (undoable)."""
+        """Replace the strokes with those of `to_json` output (undoable) and add its bindings.
+
+        Everything is checked before the pad changes: a `ValueError` (naming the bad field) leaves the pad as it
+        was. Brush sizes above the brush slider's maximum are capped at it.
+        """
         try:
-            data = json.loads(text)
-            strokes = [Stroke(to_hex(parse_color(s["color"])), int(s["size"]), [tuple(map(float, p)) for p in s["points"]],
-                              bool(s.get("erase", False))) for s in data["strokes"]]
-        except (ValueError, KeyError, TypeError) as err:
+            data = json.loads(text, parse_constant=_refuse_constant)
+            if not isinstance(data, dict):
+                raise TypeError(f"it holds a {type(data).__name__}, not an object")
+            size = data.get("size", list(self.size))
+        except (ValueError, TypeError) as err:
             raise ValueError(f"text is not a stroke history written by ScribblePad.to_json: {err}") from None
-        if tuple(data.get("size", self.size)) != self.size:
-            raise ValueError(f"the strokes were drawn on a {data['size']} pad; this pad is {list(self.size)}")
-        self.bindings.update(data.get("bindings", {}))
+        if size != list(self.size):
+            raise ValueError(f"the strokes were drawn on a {size} pad; this pad is {list(self.size)}")
+        try:
+            strokes, bindings = _read_history(data, self.brush.max)
+        except (ValueError, KeyError, TypeError, OverflowError) as err:
+            reason = f"a stroke or the file lacks the field {err}" if isinstance(err, KeyError) else err
+            raise ValueError(f"text is not a stroke history written by ScribblePad.to_json: {reason}") from None
+        self.bindings.update(bindings)
         self._change(strokes)
 
     # ------------------------------------------------------------------ the view
@@ -269,37 +318,24 @@ class ScribblePad(widgets.VBox):
         files = change["new"]
         if files:
             try:
-                self.load_image(PIL.Image.open(io.BytesIO(bytes(files[0]["content"]))))
+                self.load_image(io.BytesIO(bytes(files[0]["content"])))  # as a file: EXIF and size checks
             except Exception as err:  # a bad file is reported on the pad; the strokes stay
                 self.status.value = f"<span style='color:#b00'>could not load {html.escape(files[0]['name'])}: {html.escape(str(err))}</span>"
 
 
-# The panel's methods: label -> how to call the pipeline with the panel's settings
-METHODS = {
-    "GradOP+": lambda pipe, prompt, image, s, kw: pipe.gradop_plus(prompt, image, s.strength, s.num_iterative_steps,
-                                                                     s.grad_steps_per_iter, **kw),
-    "GradOP": lambda pipe, prompt, image, s, kw: pipe.gradop(prompt, image, s.strength,
-                                                               s.grad_steps_per_iter * max(s.num_iterative_steps, 1), **kw),
-    "SDEdit": lambda pipe, prompt, image, s, kw: pipe.sdedit(prompt, image, s.strength, **kw),
-    "Text only": lambda pipe, prompt, image, s, kw: pipe.text2img(
-        prompt, region_image=image.resize((kw["width"], kw["height"]), PIL.Image.LANCZOS) if kw["regions"] else None, **kw),
-}
-
-
-@dataclass
-class Settings:
-    """What the panel's sliders say, for one run."""
-    strength: float
-    num_iterative_steps: int
-    grad_steps_per_iter: int
+# The panel's methods, by label (gradop.methods is the one table of them)
+PANEL_METHODS = {method.label: method for method in METHODS.values()}
 
 
 class SynthesisPanel(widgets.VBox):
     """Prompt, method, sliders, seed and a Generate button that turns a `ScribblePad`'s painting into an image.
 
-    The progress bar follows the pipeline's `callback_on_step_end`; an error is shown in the panel
-    (the pad's strokes are only read, never changed). Every result joins the gallery with its settings;
-    "Compare methods" runs all of them on the same seed.
+    Generate and Compare run in a background thread, so the kernel stays free for the Stop button (widget
+    events reach Python only while the kernel is idle) and for the pad. Stop ends the run after the current
+    step (diffusers' `pipe._interrupt`); nothing joins the gallery then. The progress bar follows the
+    pipeline's `callback_on_step_end`; an error is shown in the panel (the pad's strokes are only read,
+    never changed). Every result joins the gallery with its settings; "Compare methods" runs all of them
+    on the same seed. In code, `generate()` and `compare()` run in the caller's thread.
 
     Args:
         pipe (`GradOPPipeline`): the model, e.g. `load_pipeline("toy")`.
@@ -321,11 +357,13 @@ class SynthesisPanel(widgets.VBox):
         self.pipe, self.pad = pipe, pad
         self.images: list[PIL.Image.Image] = []  # every result, in order (the gallery shows the last 8)
         self.last_error: Exception | None = None
+        self._stop_requested = False
+        self._worker: threading.Thread | None = None
 
         style = {"description_width": "150px"}
         wide = widgets.Layout(width="420px")
         self.prompt = widgets.Text(value=prompt, description="prompt", style=style, layout=widgets.Layout(width="560px"))
-        self.method = widgets.Dropdown(options=list(METHODS), value="GradOP+", description="method", style=style)
+        self.method = widgets.Dropdown(options=list(PANEL_METHODS), value="GradOP+", description="method", style=style)
         self.strength = widgets.FloatSlider(value=0.8, min=0.0, max=1.0, step=0.05, description="strength",
                                             style=style, layout=wide)
         self.num_iterative_steps = widgets.IntSlider(value=3, min=0, max=10, description="iterative steps (K)",
@@ -338,9 +376,11 @@ class SynthesisPanel(widgets.VBox):
         self.num_inference_steps = widgets.IntSlider(value=num_inference_steps, min=2, max=100, description="steps",
                                                      style=style, layout=wide)
         self.generate_button = widgets.Button(description="Generate", icon="paint-brush", button_style="primary")
-        self.generate_button.on_click(lambda _: self.generate())
+        self.generate_button.on_click(lambda _: self._in_background(self.generate))
         self.compare_button = widgets.Button(description="Compare methods", icon="th")
-        self.compare_button.on_click(lambda _: self.compare())
+        self.compare_button.on_click(lambda _: self._in_background(self.compare))
+        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
+        self.stop_button.on_click(lambda _: self.stop())
         self.progress = widgets.IntProgress(value=0, min=0, max=num_inference_steps, description="")
         self.status = widgets.HTML()
         self.output = widgets.Image(format="png", layout=widgets.Layout(width="256px", height="256px"))
@@ -348,36 +388,43 @@ class SynthesisPanel(widgets.VBox):
         super().__init__([
             self.prompt, self.method, self.strength, self.num_iterative_steps, self.grad_steps_per_iter,
             self.region_weight, self.num_inference_steps, self.seed,
-            widgets.HBox([self.generate_button, self.compare_button, self.progress]), self.status,
+            widgets.HBox([self.generate_button, self.compare_button, self.stop_button, self.progress]), self.status,
             widgets.HBox([self.output]), self.gallery,
         ])
 
-    def synthesize(self, method: str | None = None) -> PIL.Image.Image:
-        """Run `method` (a `METHODS` label; the dropdown's by default) on the pad's painting; errors propagate."""
-        method = method or self.method.value
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    def synthesize(self, method: str | None = None) -> PIL.Image.Image | None:
+        """Run `method` (a `PANEL_METHODS` label; the dropdown's by default) on the pad's painting; errors propagate.
+        Returns None when stopped."""
+        method = PANEL_METHODS.get(method or self.method.value)
+        if method is None:
+            raise ValueError(f"method must be one of {list(PANEL_METHODS)}, got {method!r}")
         steps = int(self.num_inference_steps.value)
         self.progress.max, self.progress.value = steps, 0
 
         def on_step(pipe, i, t, tensors):
             self.progress.value = min(i + 1, steps)
+            if self._stop_requested:
+                pipe._interrupt = True  # diffusers' convention: the remaining steps are skipped
             return tensors
 
-        settings = Settings(float(self.strength.value), int(self.num_iterative_steps.value),
-                            int(self.grad_steps_per_iter.value))
+        image, regions = self.pad.image, self.pad.regions or None
         kwargs = dict(num_inference_steps=steps, height=self.work_height, width=self.work_width,
                       generator=torch.Generator("cpu").manual_seed(int(self.seed.value)),
-                      regions=self.pad.regions or None, region_weight=float(self.region_weight.value),
-                      callback_on_step_end=on_step)
-        out = METHODS[method](self.pipe, self.prompt.value, self.pad.image, settings, kwargs)
-        return out.images[0]
+                      regions=regions, region_weight=float(self.region_weight.value), callback_on_step_end=on_step)
+        if method.name == "text" and regions:  # the painting only gives the regions: at the output size
+            kwargs["region_image"] = image.resize((self.work_width, self.work_height), PIL.Image.LANCZOS)
+        out = method(self.pipe, self.prompt.value, image, strength=float(self.strength.value),
+                     num_iterative_steps=int(self.num_iterative_steps.value),
+                     grad_steps_per_iter=int(self.grad_steps_per_iter.value), **kwargs)
+        return None if self._stop_requested else out.images[0]
 
     def generate(self, method: str | None = None) -> PIL.Image.Image | None:
-        """`synthesize`, then show the result; an error is shown in the panel and returned as None."""
+        """`synthesize`, then show the result; an error (or a stop) is shown in the panel and returns None."""
         method = method or self.method.value
+        self._stop_requested = False
         self.status.value = f"{method}: running…"
         self.generate_button.disabled = self.compare_button.disabled = True
+        self.stop_button.disabled = False
         try:
             image = self.synthesize(method)
         except Exception as err:  # shown to the user in the panel; the pad is untouched
@@ -386,7 +433,11 @@ class SynthesisPanel(widgets.VBox):
             return None
         finally:
             self.generate_button.disabled = self.compare_button.disabled = False
+            self.stop_button.disabled = True
         self.last_error = None
+        if image is None:
+            self.status.value = f"{method}: stopped after step {self.progress.value}"
+            return None
         self.images.append(image)
         self.output.value = _png(image.resize((256, 256 * image.height // image.width), PIL.Image.NEAREST))
         caption = f"{method}, seed {self.seed.value}" + (f", {len(self.pad.regions)} regions" if self.pad.regions else "")
@@ -395,8 +446,29 @@ class SynthesisPanel(widgets.VBox):
         return image
 
     def compare(self) -> list[PIL.Image.Image | None]:
-        """Every method on the same painting, prompt and seed, into the gallery."""
-        return [self.generate(method) for method in METHODS]
+        """Every method on the same painting, prompt and seed, into the gallery (a stop ends the comparison)."""
+        images = []
+        for label in PANEL_METHODS:
+            images.append(self.generate(label))
+            if self._stop_requested:
+                break  # generate() clears the request when it starts, so read it before the next one
+        return images
+
+    def stop(self) -> None:
+        """Ask the run in progress to end after its current step (what the Stop button does)."""
+        self._stop_requested = True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the background run started by a button (if any) has finished."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def _in_background(self, run) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            return  # one run at a time; the buttons are disabled meanwhile
+
+        self._worker = threading.Thread(target=run, name="gradop-synthesis", daemon=True)
+        self._worker.start()
 
 
 def _png(image: PIL.Image.Image) -> bytes:

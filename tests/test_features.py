@@ -6,6 +6,7 @@ import torch
 from conftest import draw_painting, gen
 
 from gradop import GradOPPipeline, make_scheduler
+from gradop.methods import get_method
 from gradop.painting import GaussianBlur, MedianPalette
 from gradop.testing import tiny_components
 
@@ -13,17 +14,15 @@ FAST = dict(num_inference_steps=6, output_type="np")
 GUIDE = dict(strength=0.8, num_iterative_steps=2, grad_steps_per_iter=3)
 
 
+SETTINGS = {"gradop_plus": GUIDE, "gradop": dict(strength=0.5, grad_steps=3), "sdedit": dict(strength=0.8),
+            "loopback": dict(strength=0.8, num_loops=2), "text2img": {}}
+
+
 def run(pipe, method, painting, **kw):
-    kw = {**FAST, **kw}
-    if method == "gradop_plus":
-        return pipe.gradop_plus("a castle by a lake", painting, **GUIDE, **kw)
-    if method == "gradop":
-        return pipe.gradop("a castle by a lake", painting, 0.5, 3, **kw)
-    if method == "sdedit":
-        return pipe.sdedit("a castle by a lake", painting, 0.8, **kw)
-    if method == "loopback":
-        return pipe.loopback("a castle by a lake", painting, 0.8, 2, **kw)
-    return pipe.text2img("a castle by a lake", height=painting.size[1], width=painting.size[0], **kw)
+    """`method` through the one method table (gradop.methods), with the small settings above."""
+    sized = dict(height=painting.size[1], width=painting.size[0]) if method == "text2img" else {}
+    settings = {**FAST, **SETTINGS[method], **sized, **kw}
+    return get_method(method)(pipe, "a castle by a lake", painting, **settings)
 
 
 METHODS = ["gradop_plus", "gradop", "sdedit", "loopback", "text2img"]
@@ -216,3 +215,43 @@ def test_schedulers_by_name_keep_the_released_noise_schedule():
     ddim = make_scheduler("ddim")
     ddim.set_timesteps(50)
     assert ddim.timesteps[:3].tolist() == [981, 961, 941] and ddim.timesteps[-1] == 1
+
+
+# ---------------------------------------------------------------------- interrupting, and threads
+@pytest.mark.parametrize("method", ["gradop_plus", "text2img", "loopback"])
+def test_a_callback_interrupts_after_step_k_and_the_pipeline_is_reusable(pipe, painting, method):
+    seen, captured = [], {}
+
+    def stop_after_step_2(p, i, t, tensors):
+        seen.append(i)
+        captured[i] = tensors["latents"].clone()
+        if i == 2:
+            p._interrupt = True  # diffusers' convention
+        return tensors
+
+    stopped = run(pipe, method, painting, generator=gen(0), output_type="latent",
+                  callback_on_step_end=stop_after_step_2).images
+    assert seen == [0, 1, 2] and pipe.interrupt
+    assert torch.equal(stopped, captured[2])  # what was there after step 2, not denoised further
+    fresh = run(pipe, method, painting, generator=gen(0)).images
+    again = run(pipe, method, painting, generator=gen(0)).images
+    assert not pipe.interrupt and np.array_equal(fresh, again)  # the next call runs whole
+
+
+def test_two_threads_on_one_pipeline_give_their_sequential_images(pipe, painting):
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [dict(generator=gen(0), num_inference_steps=10),
+            dict(generator=gen(1), num_inference_steps=20, regions={"#c82828": "castle"}, region_weight=1.0)]
+
+    def job(kwargs):
+        kwargs = dict(kwargs, generator=gen(kwargs["generator"].initial_seed()))
+        return pipe.gradop_plus("a castle by a lake", painting, 0.8, 2, 3, output_type="np", **kwargs).images
+
+    sequential = [job(j) for j in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            together = list(pool.map(job, jobs))
+            for alone, concurrent in zip(sequential, together):
+                np.testing.assert_array_equal(alone, concurrent)
+    assert all(p.requires_grad for p in pipe.vae.parameters())  # the decoder's flags are restored

@@ -1,6 +1,6 @@
 """Each speed/memory optimisation leaves GradOP+'s result equal (fp32 paths) or within a stated bound of the
 released configuration, and the benchmark harness restores the pipeline after each configuration."""
-import importlib.util
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -9,27 +9,54 @@ import torch
 from PIL import Image
 
 from conftest import gen
-
-spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "benchmarks" / "run.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from gradop.optimize import decode_for_loss
 
 TOY_PAINTING = Path(__file__).resolve().parents[1] / "input-images" / "toy" / "lake_mountains.png"
 RELEASED = dict(freeze_decoder=False, sdpa=False)
 
 
-def run(pipe, painting, **config):
-    with bench.configured(pipe, **config):
+@contextlib.contextmanager
+def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkpointing=False, tile=None):
+    """One speed configuration through diffusers' own switches, restored afterwards (as benchmarks/run.py does)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    saved = [(model, dict(model.attn_processors)) for model in (pipe.unet, pipe.vae)]
+    tiles = pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size
+    pipe.to(dtype=dtype)
+    for model in (pipe.unet, pipe.vae):
+        model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
+        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if checkpointing:
+        pipe.vae.enable_gradient_checkpointing()
+    if tile:
+        pipe.vae.enable_tiling()
+        pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size = tile, tile * pipe.vae_scale_factor
+    try:
+        yield pipe
+    finally:
+        for model, processors in saved:
+            model.set_attn_processor(processors)
+            model.to(memory_format=torch.contiguous_format)
+        pipe.vae.disable_gradient_checkpointing()
+        pipe.vae.disable_tiling()
+        pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size = tiles
+        pipe.to(dtype=torch.float32)
+
+
+def run(pipe, painting, freeze_decoder=True, **config):
+    with configured(pipe, **config):
         return pipe.gradop_plus("a red house", painting, 0.8, 3, 4, num_inference_steps=6, output_type="pt",
-                                generator=gen(0)).images
+                                generator=gen(0), freeze_decoder=freeze_decoder).images
 
 
 def test_a_frozen_decoder_gives_the_same_image_and_no_weight_gradients(pipe, painting):
     unfrozen = run(pipe, painting, **RELEASED)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pipe.vae.parameters())  # the release's cost
+    assert all(p.requires_grad for p in pipe.vae.parameters())  # freezing is undone after the call
     pipe.vae.zero_grad(set_to_none=True)
     frozen = run(pipe, painting, **RELEASED | dict(freeze_decoder=True))
     assert all(p.grad is None for p in pipe.vae.parameters())
+    assert all(p.requires_grad for p in pipe.vae.parameters())
     assert torch.equal(unfrozen, frozen)
 
 
@@ -51,22 +78,9 @@ def test_bfloat16_models_stay_within_a_measured_bound(pipe, painting):
     half = run(pipe, painting, **RELEASED | dict(dtype=torch.bfloat16))
     assert torch.isfinite(half).all()
     assert (reference - half.float()).abs().max() < 0.1
-    assert pipe.dtype == torch.float32  # restored
 
 
-def test_the_configuration_is_restored(pipe, painting):
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    unet, tiles = pipe.unet, (pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size)
-    run(pipe, painting, **RELEASED | dict(channels_last=True, tile=4))
-    assert pipe.unet is unet and pipe.freeze_decoder is True
-    assert not pipe.vae.use_tiling and (pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size) == tiles
-    assert all(isinstance(p, AttnProcessor2_0) for p in pipe.unet.attn_processors.values())
-    weight = next(p for p in pipe.unet.parameters() if p.ndim == 4)
-    assert weight.is_contiguous()
-
-
-# ---------------------------------------------------------------------- guidance_decoder=
+# ---------------------------------------------------------------------- painting_decoder=
 def guided(pipe, painting, method="gradop_plus", **kwargs):
     call = getattr(pipe, method)
     args = (0.8, 3, 4) if method == "gradop_plus" else (0.6, 4)
@@ -75,36 +89,36 @@ def guided(pipe, painting, method="gradop_plus", **kwargs):
 
 
 @pytest.mark.parametrize("method", ["gradop_plus", "gradop"])
-def test_the_pipelines_own_vae_as_guidance_decoder_changes_nothing(pipe, painting, method):
-    assert torch.equal(guided(pipe, painting, method), guided(pipe, painting, method, guidance_decoder=pipe.vae))
+def test_the_pipelines_own_vae_as_painting_decoder_changes_nothing(pipe, painting, method):
+    assert torch.equal(guided(pipe, painting, method), guided(pipe, painting, method, painting_decoder=pipe.vae))
 
 
-def test_a_small_guidance_decoder_steers_the_optimisation_only(pipe, painting):
+def test_a_small_painting_decoder_steers_the_optimisation_only(pipe, painting):
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)
     small = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, num_encoder_blocks=(1,) * 4,
                             decoder_block_out_channels=(8,) * 4, num_decoder_blocks=(1,) * 4).eval()
     out = pipe.gradop_plus("a red house", painting, 0.8, 3, 4, num_inference_steps=6, output_type="pt",
-                           generator=gen(0), guidance_decoder=small)
+                           generator=gen(0), painting_decoder=small)
     assert torch.isfinite(out.images).all()
     assert not torch.equal(out.images, guided(pipe, painting))  # it did drive the descent
     assert all(p.grad is None for p in small.parameters())  # frozen like the VAE
     assert len(out.loss_history) == 3 and out.loss_history[0].shape == (4, 1)  # K windows of N steps, as usual
 
 
-def test_a_guidance_decoder_of_the_wrong_kind_or_scale_is_a_clear_error(pipe, painting):
+def test_a_painting_decoder_of_the_wrong_kind_or_scale_is_a_clear_error(pipe, painting):
     from diffusers import AutoencoderTiny
 
-    with pytest.raises(TypeError, match="guidance_decoder"):
-        guided(pipe, painting, guidance_decoder=torch.nn.Identity())
+    with pytest.raises(TypeError, match="painting_decoder"):
+        guided(pipe, painting, painting_decoder=torch.nn.Identity())
     four_x = AutoencoderTiny(encoder_block_out_channels=(8,) * 3, num_encoder_blocks=(1,) * 3,
                              decoder_block_out_channels=(8,) * 3, num_decoder_blocks=(1,) * 3)
     with pytest.raises(ValueError, match="upsample by 8"):
-        guided(pipe, painting, guidance_decoder=four_x)
+        guided(pipe, painting, painting_decoder=four_x)
 
 
-# ---------------------------------------------------------------------- the toy model's own guidance decoder
+# ---------------------------------------------------------------------- the toy model's own painting decoder
 @pytest.fixture(scope="module")
 def toy():
     from gradop import load_pipeline
@@ -128,11 +142,11 @@ def test_the_toy_model_guides_through_its_distilled_decoder_and_stays_as_faithfu
         generators = [gen(i) for i in range(len(prompts))]
         return pipe.gradop_plus(prompts, paintings, generator=generators, output_type="pt", **kwargs).images
 
-    assert isinstance(toy.guidance_decoder, AutoencoderTiny)
+    assert isinstance(toy.painting_decoder, AutoencoderTiny)
     default = gradop_plus(toy)
-    assert torch.equal(default, gradop_plus(toy, guidance_decoder=toy.guidance_decoder))
-    full = gradop_plus(toy, guidance_decoder=toy.vae)
-    without = GradOPPipeline(**{k: v for k, v in toy.components.items() if k != "guidance_decoder"})
+    assert torch.equal(default, gradop_plus(toy, painting_decoder=toy.painting_decoder))
+    full = gradop_plus(toy, painting_decoder=toy.vae)
+    without = GradOPPipeline(**{k: v for k, v in toy.components.items() if k != "painting_decoder"})
     without.set_progress_bar_config(disable=True)
     assert torch.equal(full, gradop_plus(without))  # pipe.vae is the release's full-decoder optimisation
     text_only = gradop_plus(toy, grad_steps_per_iter=0)
@@ -144,17 +158,17 @@ def test_the_toy_model_guides_through_its_distilled_decoder_and_stays_as_faithfu
     assert distance["default"] < 0.6 * distance["text only"], distance
 
 
-def test_the_cli_picks_the_guidance_decoder(toy):
+def test_the_cli_picks_the_painting_decoder(toy):
     from diffusers import AutoencoderTiny
 
     from gradop import cli
     from gradop.models import ModelUnavailableError
 
-    assert cli.guidance_decoder(toy, "model") == {}
-    assert cli.guidance_decoder(toy, "full")["guidance_decoder"] is toy.vae
-    assert isinstance(cli.guidance_decoder(toy, "toy")["guidance_decoder"], AutoencoderTiny)
-    with pytest.raises(ModelUnavailableError, match="guidance decoder"):
-        cli.guidance_decoder(toy, "/no/such/folder")
+    assert cli.painting_decoder(toy, "model") is None
+    assert cli.painting_decoder(toy, "full") is toy.vae
+    assert isinstance(cli.painting_decoder(toy, "toy"), AutoencoderTiny)
+    with pytest.raises(ModelUnavailableError, match="painting decoder"):
+        cli.painting_decoder(toy, "/no/such/folder")
 
 
 # ---------------------------------------------------------------------- the NaN guard
@@ -179,7 +193,7 @@ def test_the_descent_stops_at_the_last_finite_latent():
 
 
 def test_an_overflowing_half_precision_decoder_cannot_spoil_the_image(pipe, painting):
-    # fp16 models on the CPU; the guidance decoder overflows (an early layer scaled by 1e5 -> inf, then inf - inf = NaN)
+    # fp16 models on the CPU; the painting decoder overflows (an early layer scaled by 1e5 -> inf, then inf - inf = NaN)
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)
@@ -190,7 +204,7 @@ def test_an_overflowing_half_precision_decoder_cannot_spoil_the_image(pipe, pain
     overflowing.to(torch.float16)
     pipe.to(dtype=torch.float16)
     with pytest.warns(UserWarning, match="non-finite"):
-        guarded = guided(pipe, painting, guidance_decoder=overflowing)
+        guarded = guided(pipe, painting, painting_decoder=overflowing)
     no_descent = pipe.gradop_plus("a red house", painting, 0.8, 3, 0, num_inference_steps=6, output_type="pt",
                                   generator=gen(0)).images
     assert torch.isfinite(guarded).all()
@@ -230,17 +244,17 @@ def test_tiled_guidance_keeps_one_tile_in_memory_and_stays_close(toy):
     torch.manual_seed(0)
     latents = torch.randn(1, 4, 32, 32, requires_grad=True)  # 128², 2x2 of the toy VAE's 16-latent tiles
     with frozen(toy.vae):
-        whole = saved_for_backward_mb(lambda: toy._decode_for_loss(latents))
+        whole = saved_for_backward_mb(lambda: decode_for_loss(toy.vae, latents))
         toy.vae.enable_tiling()
         try:
-            tiled = saved_for_backward_mb(lambda: toy._decode_for_loss(latents))
+            tiled = saved_for_backward_mb(lambda: decode_for_loss(toy.vae, latents))
             assert tiled < 0.02 * whole, (tiled, whole)  # measured: 0.24 MB vs 67 MB (the tiles' inputs only)
             painting = Image.open(TOY_PAINTING).resize((128, 128))
             images = {tiling: None for tiling in (True, False)}
             for tiling in images:
                 (toy.vae.enable_tiling if tiling else toy.vae.disable_tiling)()
                 images[tiling] = toy.gradop_plus("a photo of a lake below snowy mountains", painting, generator=gen(0),
-                                                 guidance_decoder=toy.vae, output_type="pt").images
+                                                 painting_decoder=toy.vae, output_type="pt").images
         finally:
             toy.vae.disable_tiling()
     from gradop.metrics import painting_distance
@@ -274,12 +288,28 @@ def test_compiling_keeps_the_decoder_gradient(toy):
 
     def gradient():
         z = latents.clone().requires_grad_(True)
-        toy._decode_for_loss(z, decoder=toy.vae).square().mean().backward()
+        decode_for_loss(toy.vae, z).square().mean().backward()
         return z.grad
 
+    decoder = toy.vae.decoder
+    blocks = decoder.mid_block, list(decoder.up_blocks)
     with frozen(toy.vae):
         eager = gradient()
-        with bench.configured(toy, compile_models=True):
+        try:  # block by block, as benchmarks/run.py compiles it
+            decoder.mid_block = torch.compile(blocks[0])
+            for i, block in enumerate(blocks[1]):
+                decoder.up_blocks[i] = torch.compile(block)
             compiled = gradient()
+        finally:
+            decoder.mid_block = blocks[0]
+            for i, block in enumerate(blocks[1]):
+                decoder.up_blocks[i] = block
     assert (compiled - eager).abs().max() < 1e-4 * eager.abs().max()
-    assert not isinstance(toy.vae.decoder.mid_block, torch._dynamo.eval_frame.OptimizedModule)  # restored
+
+
+def test_the_old_keyword_guidance_decoder_still_works_with_a_warning(pipe, painting):
+    with pytest.warns(FutureWarning, match="painting_decoder"):
+        old = guided(pipe, painting, guidance_decoder=pipe.vae)
+    assert torch.equal(old, guided(pipe, painting, painting_decoder=pipe.vae))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'guidance_decoderr'"):
+        guided(pipe, painting, guidance_decoderr=pipe.vae)

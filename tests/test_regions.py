@@ -14,6 +14,7 @@ from conftest import draw_painting, gen
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from gradop import GradOPPipeline
+from gradop.methods import get_method
 from gradop.regions import (AttentionStore, biased_attention, extract_palette, parse_color, region_masks,
                             token_positions)
 from gradop.testing import tiny_components
@@ -139,14 +140,21 @@ def test_biased_attention_matches_the_formula_by_hand():
     bias = torch.zeros(3, 20, 7)
     bias[:, :10, 2:4] = 1.0
     bias[1, 15:, 5] = -0.5
-    out, probs = biased_attention(attn, x, context, bias, eta_scale=0.7)
+
+    class Binding:  # what biased_attention reads of a RegionBinding: w' = 0.5, log(1 + σ_t) = 1.4
+        biased, region_weight, sigma = True, 0.5, math.expm1(1.4)
+
+        def bias(self, num_queries, device):
+            return bias
+
+    out, probs = biased_attention(attn, x, context, Binding())
 
     with torch.no_grad():
         q = (x @ attn.to_q.weight.T).view(3, 20, 2, 8).transpose(1, 2)
         k = (context @ attn.to_k.weight.T).view(3, 7, 2, 8).transpose(1, 2)
         v = (context @ attn.to_v.weight.T).view(3, 7, 2, 8).transpose(1, 2)
         s = q @ k.transpose(-1, -2) / math.sqrt(8)
-        eta = 0.7 * s.amax(dim=(-1, -2), keepdim=True)  # η_t = w' log(1+σ) · max(QKᵀ/√d)
+        eta = 0.7 * s.amax(dim=(-1, -2), keepdim=True)  # λ_t = w' log(1+σ) · max(QKᵀ/√d)
         p = torch.softmax(s + eta * bias[:, None], -1)
         ref = (p @ v).transpose(1, 2).reshape(3, 20, 16) @ attn.to_out[0].weight.T + attn.to_out[0].bias
         plain = AttnProcessor2_0()(attn, x, context)
@@ -158,10 +166,8 @@ def test_biased_attention_matches_the_formula_by_hand():
 
 # ---------------------------------------------------------------------- invariants in the pipeline
 def run(pipe, method="gradop_plus", seed=0, **kwargs):
-    args = {"gradop_plus": (PROMPT, draw_painting()), "gradop": (PROMPT, draw_painting()),
-            "sdedit": (PROMPT, draw_painting()), "loopback": (PROMPT, draw_painting()), "text2img": (PROMPT,)}[method]
     extra = dict(grad_steps=3) if method == "gradop" else {}
-    return getattr(pipe, method)(*args, generator=gen(seed), **FAST, **extra, **kwargs).images
+    return get_method(method)(pipe, PROMPT, draw_painting(), generator=gen(seed), **FAST, **extra, **kwargs).images
 
 
 @pytest.mark.parametrize("method", ["gradop_plus", "gradop", "sdedit", "loopback", "text2img"])
@@ -222,7 +228,8 @@ def test_processors_are_restored_even_when_the_call_raises(pipe):
 
     with pytest.raises(RuntimeError, match="stop"):
         run(pipe, regions={RED: "ball"}, callback_on_step_end=fail)
-    assert pipe.unet.attn_processors == before and pipe._binding is None
+    assert pipe.unet.attn_processors == before
+    assert np.array_equal(run(pipe, regions={RED: "ball"}), run(pipe, regions={RED: "ball"}))  # usable again
 
 
 def test_recording_attention_does_not_change_the_image(pipe):

@@ -88,7 +88,6 @@ def test_gradop_plus_reproduces_released_algorithm(pipe, components, strength, n
 
 def test_released_window_arithmetic(pipe, painting):
     # k0 = int(50 * (1 - 0.8)) = 9 by float truncation: after steps 9, 10, 11 the latents (t = 781, 761, 741)
-    assert int(50 * (1 - 0.8)) == 9 and int(50 * (1 - 0.9)) == 4
     out = pipe.gradop_plus("a castle", painting, generator=gen(0), grad_steps_per_iter=1, output_type="latent")
     assert out.optimized_timesteps == [781, 761, 741]
     out = pipe.gradop_plus("a castle", painting, 0.9, generator=gen(0), grad_steps_per_iter=1, output_type="latent")

@@ -1,5 +1,6 @@
 """The toy world: generator, tokenizer, the bundled model and judge, auto fallback, and a training smoke run."""
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from conftest import gen
 
 from gradop import GradOPPipeline, load_pipeline
 from gradop.metrics import realism, semantic_accuracy
-from gradop.models import TOY_MODEL
+from gradop.models import TOY_MODEL, is_toy_model
 from gradop.toy.components import toy_tokenizer
 from gradop.toy.judge import judge_patches, load_judge
 from gradop.toy.train import HELD_OUT_SEED
@@ -78,10 +79,8 @@ def test_toy_paintings_are_reproduced_and_their_manifest_is_usable():
 
 
 # ---------------------------------------------------------------------- the bundled model and judge
-needs_model = pytest.mark.skipif(not TOY_MODEL.is_dir(), reason="the toy model has not been trained into the package")
 
 
-@needs_model
 def test_toy_model_loads_offline_fast_and_is_small(capsys):
     start = time.perf_counter()
     pipe = load_pipeline("toy")
@@ -94,16 +93,6 @@ def test_toy_model_loads_offline_fast_and_is_small(capsys):
     assert type(folder.scheduler).__name__ == "DDIMScheduler"
 
 
-@needs_model
-def test_toy_model_is_deterministic():
-    pipe = load_pipeline("toy", verbose=False)
-    pipe.set_progress_bar_config(disable=True)
-    a = pipe.text2img("a photo of a lake", generator=gen(1), num_inference_steps=10, output_type="pt").images
-    b = pipe.text2img("a photo of a lake", generator=gen(1), num_inference_steps=10, output_type="pt").images
-    assert torch.equal(a, b)
-
-
-@needs_model
 def test_toy_model_is_deterministic_and_makes_realistic_scenes():
     pipe = load_pipeline("toy", verbose=False)
     pipe.set_progress_bar_config(disable=True)
@@ -111,13 +100,12 @@ def test_toy_model_is_deterministic_and_makes_realistic_scenes():
     a = pipe.text2img(captions, generator=[gen(i) for i in range(4)], output_type="pt").images
     b = pipe.text2img(captions, generator=[gen(i) for i in range(4)], output_type="pt").images
     assert torch.equal(a, b)
-    assert realism(a).mean() >= 0.6  # loose version of the report's >= 0.8
+    assert realism(a, load_judge()).mean() >= 0.6  # loose version of the report's >= 0.8
     verdicts = judge_patches(load_judge(), a)
     named = [(v == CLASSES.index(c)).float().mean() >= 0.05 for i, v in enumerate(verdicts) for c in make_scene(HELD_OUT_SEED + i).named_classes]
     assert sum(named) >= 0.5 * len(named)  # loose version of the report's >= 80 % of named classes present
 
 
-@needs_model
 def test_vae_reconstructs_held_out_scenes():
     pipe = load_pipeline("toy", verbose=False)
     x = torch.stack([torch.from_numpy(make_scene(HELD_OUT_SEED + i).image) for i in range(4)]).permute(0, 3, 1, 2) / 255
@@ -127,7 +115,6 @@ def test_vae_reconstructs_held_out_scenes():
     assert psnr >= 22  # loose version of the report's >= 25 dB
 
 
-@needs_model
 def test_judge_tells_paint_from_photo():
     judge = load_judge()
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(4)]
@@ -141,16 +128,14 @@ def test_judge_tells_paint_from_photo():
         semantic_accuracy(photos[:1], grass, "dragon", judge)
 
 
-@needs_model
 def test_auto_falls_back_to_the_toy_model_offline(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     pipe = load_pipeline("auto")
     err = capsys.readouterr().err
-    assert "Stable Diffusion v1.4" in err and "using the bundled toy model" in err and pipe.model_name.startswith("toy")
+    assert "Stable Diffusion v1.4" in err and "using the bundled toy model" in err and is_toy_model(pipe)
 
 
-@needs_model
 def test_cli_default_runs_on_a_toy_painting(monkeypatch, tmp_path, capsys):
     from gradop.cli import main
 
@@ -182,3 +167,19 @@ def test_training_smoke_run_writes_a_loadable_pipeline_and_resumes(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "work" / "log.jsonl").read_text().splitlines()]
     vae_steps = [r["step"] for r in log if r["stage"] == "vae"]
     assert vae_steps == [3, 5]
+
+
+def test_the_widgets_palette_is_the_toy_worlds():
+    # gradop.widgets writes the toy world's class colours out (the library never imports gradop.toy)
+    from gradop.colors import to_hex
+    from gradop.toy.world import BASE_COLORS, ROOF_COLOR
+    from gradop.widgets import TOY_PALETTE
+
+    assert TOY_PALETTE == {name: to_hex(rgb) for name, (rgb, _) in BASE_COLORS.items()} | {"roof": to_hex(ROOF_COLOR[0])}
+
+
+def test_the_library_core_never_imports_the_toy_world():
+    core = [p for p in (Path(__file__).resolve().parents[1] / "gradop").glob("*.py") if p.name != "notebook.py"]
+    toy_import = re.compile(r"^\s*(from\s+(\.|gradop\.)toy\b|import\s+gradop\.toy\b)", re.M)
+    assert [p.name for p in core if toy_import.search(p.read_text())] == []
+    assert toy_import.search("    from .toy.judge import load_judge")  # the pattern does find one

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradop.regions import parse_color
-from gradop.widgets import TOY_PALETTE, ScribblePad, SynthesisPanel
+from gradop.widgets import PANEL_METHODS, TOY_PALETTE, ScribblePad, SynthesisPanel
 
 from conftest import gen
 
@@ -203,7 +203,8 @@ def panel(pipe, pad):
 
 def test_generate_equals_the_pipeline_called_directly(panel, pipe, pad):
     panel.seed.value = 3
-    panel.generate_button.click()
+    panel.generate_button.click()  # runs in a background thread, as in JupyterLab
+    panel.wait(120)
     assert panel.last_error is None and len(panel.images) == 1
     assert panel.progress.value == 4 and "done" in panel.status.value
     assert len(panel.output.value) > 0 and len(panel.gallery.children) == 1
@@ -241,7 +242,8 @@ def test_compare_runs_every_method_on_the_same_seed(panel):
     images = panel.compare()
     assert len(images) == 4 and all(im is not None for im in images)
     assert len(panel.gallery.children) == 4
-    assert len({np.asarray(im).tobytes() for im in images}) == 4  # four different methods, four different images
+    assert len(images) == len(PANEL_METHODS) == 5  # every method of gradop.methods
+    assert len({np.asarray(im).tobytes() for im in images}) == 5  # five different methods, five different images
     with pytest.raises(ValueError, match="method"):
         panel.synthesize("img2img")
 
@@ -249,4 +251,23 @@ def test_compare_runs_every_method_on_the_same_seed(panel):
 def test_panel_needs_a_pad(pipe):
     with pytest.raises(TypeError, match="pad"):
         SynthesisPanel(pipe, pad=PIL.Image.new("RGB", (8, 8)))
-    assert torch.is_grad_enabled()  # the panel left torch's global state alone
+
+
+def test_stop_ends_a_run_after_step_k_and_the_panel_works_again(panel, pipe, pad):
+    panel.num_inference_steps.value = 10
+
+    def click_stop_at_step_3(change):  # what a user does while the run goes on in the background
+        if change["new"] == 3:
+            panel.stop_button.click()
+
+    panel.progress.observe(click_stop_at_step_3, "value")
+    panel.generate_button.click()
+    panel.wait(120)
+    panel.progress.unobserve(click_stop_at_step_3, "value")
+    assert panel.progress.value == 3 and "stopped after step 3" in panel.status.value
+    assert not panel.images and not panel.gallery.children and panel.last_error is None
+    assert not panel.generate_button.disabled and panel.stop_button.disabled
+    image = panel.generate()  # the pipeline and the panel are usable again, with the same result as ever
+    reference = pipe.gradop_plus("a red house", pad.image, 0.8, 3, 12, num_inference_steps=10, height=40, width=64,
+                                 generator=gen(0)).images[0]
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(reference))

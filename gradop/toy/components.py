@@ -9,12 +9,9 @@
 """
 from __future__ import annotations
 
-import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
-from ..schedulers import make_scheduler
+from ..testing import byte_vocab, sd_like_components
 from .world import VOCABULARY
 
 IMAGE_SIZE = 64
@@ -23,10 +20,7 @@ MAX_LENGTH = 77
 
 def toy_tokenizer() -> CLIPTokenizer:
     """Byte tokens (with and without the word-end mark) plus one token per grammar word."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for char in sorted(ByteLevel.alphabet()):
-            vocab[char + suffix] = len(vocab)
+    vocab = byte_vocab()
     merges: list[tuple[str, str]] = []
     for _ in range(10):  # a word's pair can be another word's merge ("h o" of "house" splits "photo"): repeat
         tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
@@ -44,25 +38,16 @@ def toy_tokenizer() -> CLIPTokenizer:
 
 def toy_components(seed: int = 0, tiny: bool = False) -> dict:
     """Untrained components (each seeded on its own). `tiny` shrinks them for smoke tests."""
-    tokenizer = toy_tokenizer()
     width = 16 if tiny else 32
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        block_out_channels=(width, 2 * width, 2 * width), sample_size=IMAGE_SIZE,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    return sd_like_components(
+        toy_tokenizer(), seeds={"vae": seed, "text_encoder": seed + 1, "unet": seed + 2},
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                 block_out_channels=(width, 2 * width, 2 * width), sample_size=IMAGE_SIZE,
+                 down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3),
+        text=dict(hidden_size=2 * width, intermediate_size=4 * width, num_attention_heads=4, num_hidden_layers=2),
+        unet=dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+                  block_out_channels=(3 * width // 2, 3 * width), norm_num_groups=8, attention_head_dim=8,
+                  cross_attention_dim=2 * width,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
     )
-    torch.manual_seed(seed + 1)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=2 * width, intermediate_size=4 * width, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=MAX_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    torch.manual_seed(seed + 2)
-    unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(3 * width // 2, 3 * width), norm_num_groups=8, attention_head_dim=8,
-        cross_attention_dim=2 * width,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    )
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=make_scheduler("ddim"))

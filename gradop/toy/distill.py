@@ -1,7 +1,7 @@
 """Distil the toy VAE's decoder into a tiny one (diffusers' `AutoencoderTiny`, the class of TAESD) that
-GradOP+ can differentiate through instead of the full decoder (`guidance_decoder=`).
+GradOP+ can differentiate through instead of the full decoder (`painting_decoder=`).
 
-    python -m gradop.toy.distill          # writes gradop/toy/model/guidance_decoder/ (seed 0, a few minutes on a CPU)
+    python -m gradop.toy.distill          # writes gradop/toy/model/painting_decoder/ (seed 0, a few minutes on a CPU)
 
 The optimisation decodes *noisy* latents (GradOP+ works on z_t early in the schedule), so the student
 learns the teacher on z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε at every noise level, not only on clean latents.
@@ -24,7 +24,7 @@ from .train import decode_images, encode_posteriors, scenes_tensors
 from .world import make_scene
 
 PACKAGE = Path(__file__).parent
-TINY_DECODER = PACKAGE / "model" / "guidance_decoder"  # the toy pipeline's guidance_decoder component
+TINY_DECODER = PACKAGE / "model" / "painting_decoder"  # the toy pipeline's painting_decoder component
 
 
 def tiny_decoder(scaling_factor: float) -> AutoencoderTiny:

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..metrics import realism, semantic_accuracy
+from ..metrics import painting_distance, realism, semantic_accuracy
 from ..notebook import timed
-from ..painting import GaussianBlur
 from ..regions import to_hex
 from .judge import FLAT, JUDGE_CLASSES, judge_patches, load_judge, patch_labels
 from .train import HELD_OUT_SEED, scenes_tensors, vae_reconstruct
@@ -24,12 +23,6 @@ from .world import CLASSES, PHRASES, make_scene
 
 def _gens(n, seed=0):
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
-
-
-def faithfulness(images: torch.Tensor, paintings: torch.Tensor) -> torch.Tensor:
-    """Per image MSE(f(x), f(y)) with the released Gaussian painting function (lower is more faithful)."""
-    blur = GaussianBlur()
-    return (blur(images) - blur(paintings)).square().flatten(1).mean(1)
 
 
 def region_bindings(scene) -> dict:
@@ -45,7 +38,7 @@ def region_bindings(scene) -> dict:
 
 
 def evaluate(args) -> Path:
-    from ..models import load_pipeline
+    from ..models import load_pipeline, model_label
 
     torch.manual_seed(0)
     out = Path(args.out)
@@ -56,7 +49,7 @@ def evaluate(args) -> Path:
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
     images, paintings, labels, captions = scenes_tensors(scenes)
     lines = [f"# Toy world report\n\n{len(scenes)} held-out scenes (seeds {HELD_OUT_SEED}…"
-             f"{HELD_OUT_SEED + len(scenes) - 1}), 64×64, model `{pipe.model_name}`, torch threads "
+             f"{HELD_OUT_SEED + len(scenes) - 1}), 64×64, model `{model_label(pipe)}`, torch threads "
              f"{torch.get_num_threads()}.\n"]
 
     # 1. The VAE
@@ -102,10 +95,10 @@ def evaluate(args) -> Path:
     t_text, _ = timed(lambda: pipe.text2img(captions[0], generator=_gens(1)[0]), repeats=5)
     t_plus, _ = timed(lambda: pipe.gradop_plus(captions[0], scenes[0].painting, generator=_gens(1)[0]), repeats=5)
     t_full, _ = timed(lambda: pipe.gradop_plus(captions[0], scenes[0].painting, generator=_gens(1)[0],
-                                               guidance_decoder=pipe.vae), repeats=5)
+                                               painting_decoder=pipe.vae), repeats=5)
     lines += ["## Speed", f"64×64, 50 steps, {torch.get_num_threads()} threads: `text2img` **{t_text:.2f} s** "
               f"(target ≤ 1.5 s), `gradop_plus` with the released defaults **{t_plus:.2f} s** through the toy's "
-              f"distilled guidance decoder, {t_full:.2f} s through the full decoder (target ≤ 3 s).\n"]
+              f"distilled painting decoder, {t_full:.2f} s through the full decoder (target ≤ 3 s).\n"]
 
     # 5. Realism and faithfulness of every method
     painting_list = [s.painting for s in scenes]
@@ -122,13 +115,13 @@ def evaluate(args) -> Path:
         runs[f"GradOP+ N={steps}"] = (lambda n=steps: pipe.gradop_plus(captions, painting_list, grad_steps_per_iter=n,
                                                                         generator=_gens(len(scenes)), output_type="pt").images)
     runs["GradOP+ N=12, full decoder"] = lambda: pipe.gradop_plus(captions, painting_list, generator=_gens(len(scenes)),
-                                                                guidance_decoder=pipe.vae, output_type="pt").images
+                                                                painting_decoder=pipe.vae, output_type="pt").images
     results, outputs = {}, {}
     for name, run in runs.items():
         start = time.perf_counter()
         result = run().cpu().float()
         outputs[name] = result
-        results[name] = (realism(result, judge).mean().item(), faithfulness(result, paintings).mean().item(),
+        results[name] = (realism(result, judge).mean().item(), painting_distance(result, paintings).mean().item(),
                          time.perf_counter() - start)
         print(f"{name}: realism {results[name][0]:.2f}, faithfulness {results[name][1]:.4f}")
     lines += ["## Realism and faithfulness by method",

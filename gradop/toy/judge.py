@@ -25,7 +25,11 @@ WEIGHTS = Path(__file__).parent / "judge.safetensors"
 
 
 class PatchJudge(nn.Module):
-    """[B, 3, H, W] images in [0, 1] -> [B, 11, H/8, W/8] class logits, one per 8x8 patch."""
+    """[B, 3, H, W] images in [0, 1] -> [B, 11, H/8, W/8] class logits, one per 8x8 patch.
+
+    `verdicts`, `classes`, `flat` and `patch` are what `gradop.metrics.realism` and `semantic_accuracy` use."""
+
+    classes, flat, patch = JUDGE_CLASSES, FLAT, PATCH
 
     def __init__(self, width: int = 32):
         super().__init__()
@@ -40,6 +44,10 @@ class PatchJudge(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images * 2 - 1)
+
+    def verdicts(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> [B, H/8, W/8] predicted class indices (`flat` is flat paint)."""
+        return judge_patches(self, images)
 
 
 def patch_labels(labels: torch.Tensor, purity: float = 0.75, ignore: int = -100) -> torch.Tensor:

@@ -1,0 +1,117 @@
+"""The synthesis methods in one table: name -> pipeline call, its own defaults, and the settings it takes.
+
+The CLI, the widgets, the sweep, the benchmarks and the tests all run methods through this table, so a
+method is added, renamed or re-defaulted here once. Each method takes the same *settings* (`strength`,
+`num_iterative_steps` K, `grad_steps_per_iter` N, `painting_decoder`, `num_loops`, and any keyword of the
+pipeline method) and uses those that mean something to it:
+
+    from gradop.methods import METHODS, get_method
+    out = get_method("sdedit")(pipe, prompt, painting, strength=0.6, generator=g)
+    for method in METHODS.values():
+        method.defaults["strength"]              # gradop+ 0.8, gradop 0.6, sdedit 0.8, loopback 0.8
+
+GradOP (multi-pass) spends its gradient steps on one descent, GradOP+ spreads them over K windows of N; given
+K and N, GradOP gets the same budget, `gradop_grad_steps(K, N)` = N·max(K, 1).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import cached_property
+
+# Settings every method accepts; each method keeps the ones it uses (see `Method.arguments`)
+SHARED_SETTINGS = ("strength", "num_iterative_steps", "grad_steps_per_iter", "num_loops", "painting_decoder")
+
+
+def gradop_grad_steps(num_iterative_steps: int, grad_steps_per_iter: int) -> int:
+    """GradOP's gradient steps for GradOP+'s K windows of N steps: the same budget, N·max(K, 1)."""
+    return grad_steps_per_iter * max(num_iterative_steps, 1)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One synthesis method of `GradOPPipeline`.
+
+    Args:
+        name: the CLI's and the sweep's name (`"gradop+"`).
+        label: for figures and the widget (`"GradOP+"`).
+        attribute: the `GradOPPipeline` method (`"gradop_plus"`).
+        uses: which of `SHARED_SETTINGS` it takes.
+        takes_painting: whether the painting is its input (`text` only uses it for regions).
+    """
+
+    name: str
+    label: str
+    attribute: str
+    uses: tuple[str, ...]
+    takes_painting: bool = True
+
+    @cached_property
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """The pipeline method's keyword parameters (sdedit: loopback's, less `num_loops`)."""
+        from .pipeline import GradOPPipeline
+
+        target = "loopback" if self.attribute == "sdedit" else self.attribute
+        params = dict(inspect.signature(getattr(GradOPPipeline, target)).parameters)
+        for name in ("self", "prompt", "image") + (("num_loops",) if self.attribute == "sdedit" else ()):
+            params.pop(name, None)
+        return params
+
+    @property
+    def defaults(self) -> dict:
+        """The method's own defaults, straight from the pipeline's signature (sdedit's strength from its own)."""
+        from .pipeline import GradOPPipeline
+
+        defaults = {k: p.default for k, p in self.parameters.items() if p.default is not inspect.Parameter.empty}
+        if self.attribute == "sdedit":
+            defaults["strength"] = inspect.signature(GradOPPipeline.sdedit).parameters["strength"].default
+        return defaults
+
+    def accepts(self, key: str) -> bool:
+        """Whether `key` is a setting this table takes for any method (shared) or a keyword of this method."""
+        return key in SHARED_SETTINGS or key in self.parameters
+
+    def arguments(self, image=None, **settings) -> dict:
+        """The pipeline method's keywords for these settings: unused shared settings dropped, `None` = default.
+
+        Raises `TypeError` for a key no method takes (a misspelt setting is never silently ignored).
+        """
+        unknown = sorted(k for k in settings if not self.accepts(k))
+        if unknown:
+            raise TypeError(f"{self.name} takes no setting {', '.join(map(repr, unknown))}; it takes "
+                            f"{', '.join(sorted(set(SHARED_SETTINGS) | set(self.parameters)))}")
+        kwargs = {k: v for k, v in settings.items() if v is not None and (k not in SHARED_SETTINGS or k in self.uses)}
+        if self.attribute == "gradop" and "num_iterative_steps" in settings:
+            k = settings["num_iterative_steps"]
+            n = settings.get("grad_steps_per_iter")
+            if k is not None and n is not None:
+                kwargs.setdefault("grad_steps", gradop_grad_steps(k, n))
+        if self.attribute == "text2img":
+            kwargs.setdefault("region_image", image if settings.get("regions") else None)
+        elif image is not None:
+            kwargs["image"] = image
+        return kwargs
+
+    def __call__(self, pipe, prompt, image=None, **settings):
+        """Run the method on `pipe`: `pipe.<attribute>(prompt, image, **arguments)`."""
+        if self.takes_painting and image is None:
+            raise ValueError(f"{self.name} needs a painting: pass image=<path, PIL image, array or tensor>")
+        return getattr(pipe, self.attribute)(prompt, **self.arguments(image, **settings))
+
+
+_OPTIMISING = ("strength", "painting_decoder")
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("gradop+", "GradOP+", "gradop_plus", _OPTIMISING + ("num_iterative_steps", "grad_steps_per_iter")),
+    Method("gradop", "GradOP", "gradop", _OPTIMISING),
+    Method("sdedit", "SDEdit", "sdedit", ("strength",)),
+    Method("loopback", "Loopback", "loopback", ("strength", "num_loops")),
+    Method("text", "Text only", "text2img", (), takes_painting=False),
+)}
+
+
+def get_method(name: str) -> Method:
+    """The method called `name` (its CLI name, label or pipeline attribute), or a `ValueError` listing them."""
+    for method in METHODS.values():
+        if name in (method.name, method.label, method.attribute):
+            return method
+    raise ValueError(f"method must be one of {list(METHODS)}, got {name!r}")
