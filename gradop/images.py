@@ -11,44 +11,65 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 
 MAX_SIDE = 4096  # larger images exhaust memory long before they finish; refuse them up front
 
 
 def load_image(image, name: str = "image") -> PIL.Image.Image:
-    """Return `image` (a path, PIL image, HxW[xC] array or [C,H,W] tensor) as an RGB PIL image.
+    """Return `image` (a path, binary file, PIL image, HxW[xC] array or [C,H,W] tensor) as an RGB PIL image.
 
-    Transparent pixels are composited on white (a painting's empty canvas); 16-bit and float
-    greys are rescaled to 8 bits. Raises `ValueError`/`TypeError` naming `name` otherwise.
+    Files are turned upright by their EXIF orientation. Transparent pixels are composited on white (a
+    painting's empty canvas). Floats are read as [0, 1]; integers as 0..255, or as 16-bit 0..65535 when
+    larger (as 16-bit PNGs). Raises `ValueError`/`TypeError` naming `name` otherwise.
     """
     if isinstance(image, (str, os.PathLike)):
         image = _open(Path(image), name)
+    elif hasattr(image, "read"):  # an uploaded file's bytes (io.BytesIO)
+        image = _open(image, name)
     elif isinstance(image, np.ndarray):
         image = _from_array(image, name)
     elif isinstance(image, torch.Tensor):
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-            raise ValueError(f"{name}: a tensor image must be [C, H, W] with C in 1, 3, 4 and values in [0, 1]; "
-                             f"got shape {tuple(image.shape)}")
-        image = _from_array(image.detach().float().cpu().permute(1, 2, 0).numpy(), name)
+            raise ValueError(f"{name}: a tensor image must be [C, H, W] with C in 1, 3, 4; got shape {tuple(image.shape)}")
+        image = image.detach().cpu().permute(1, 2, 0)
+        image = _from_array((image if not image.is_floating_point() else image.float()).numpy(), name)
     elif not isinstance(image, PIL.Image.Image):
         raise TypeError(f"{name} must be a file path, PIL image, numpy array or torch tensor, "
                         f"got {type(image).__name__}")
     return _to_rgb(image, name)
 
 
-def _open(path: Path, name: str) -> PIL.Image.Image:
-    if not path.is_file():
-        raise ValueError(f"{name}: no file at '{path}'; check the path")
+def _open(file, name: str) -> PIL.Image.Image:
+    """Open a path or binary file: the size is checked from the header before decoding; EXIF rotation applied."""
+    if isinstance(file, Path) and file.is_dir():
+        raise ValueError(f"{name}: '{file}' is a directory; pass the painting's file inside it")
+    if isinstance(file, Path) and not file.is_file():
+        raise ValueError(f"{name}: no file at '{file}'; check the path")
+    label = f"'{file}'" if isinstance(file, Path) else "the file"
+    too_large = f"the largest supported side is {MAX_SIDE} pixels, resize it first"
+    unreadable = f"{name}: {label} is not an image that can be read ({{}}); pass a PNG or JPEG painting"
     try:
-        image = PIL.Image.open(path)
-        image.load()
+        with warnings.catch_warnings():
+            # PIL warns past MAX_IMAGE_PIXELS and raises past twice that: far beyond MAX_SIDE either way
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(file)  # reads the header only
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise ValueError(f"{name}: {label} claims over {PIL.Image.MAX_IMAGE_PIXELS} pixels; {too_large}") from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{name}: '{path}' is not an image that can be read ({err}); "
-                         "pass a PNG or JPEG painting") from None
-    return image
+        raise ValueError(unreadable.format(err)) from None
+    with image:  # closes the file, whatever happens
+        if max(image.size) > MAX_SIDE:  # a few bytes can claim 30000x30000: refuse before decoding
+            raise ValueError(f"{name}: {label} is {image.size[0]}x{image.size[1]}; {too_large}")
+        try:
+            image.load()
+            # Phone photos are stored sideways with an EXIF orientation tag: use them as viewers show them (a copy)
+            return PIL.ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError) as err:
+            raise ValueError(unreadable.format(err)) from None
 
 
 def _from_array(array: np.ndarray, name: str) -> PIL.Image.Image:
@@ -56,12 +77,21 @@ def _from_array(array: np.ndarray, name: str) -> PIL.Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"{name}: an array image must be HxW, HxWx3 or HxWx4; got shape {array.shape}")
-    if array.dtype != np.uint8:
-        array = np.asarray(array, dtype=np.float64)
+    if array.dtype.kind in "iu" and array.dtype != np.uint8:
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ValueError(f"{name}: a {array.dtype} array must hold 0..255 (8-bit) or 0..65535 (16-bit) values, "
+                             f"got [{low}, {high}]; or pass floats in [0, 1]")
+        # as for 16-bit PNGs: values past 255 mean the 16-bit range (65535 / 255 = 257)
+        array = (np.round(array / 257) if high > 255 else array).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        if array.dtype.kind not in "fb":
+            raise TypeError(f"{name}: an array image must hold floats or integers, got dtype {array.dtype}")
+        dtype, array = array.dtype, np.asarray(array, dtype=np.float64)
         if not np.isfinite(array).all():
             raise ValueError(f"{name}: the array contains NaN or infinite values")
-        if array.min() < 0 or array.max() > 1:
-            raise ValueError(f"{name}: float arrays must hold values in [0, 1], got "
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ValueError(f"{name}: a {dtype} array must hold values in [0, 1], got "
                              f"[{array.min():.3g}, {array.max():.3g}]; pass uint8 for 0..255 data")
         array = np.round(array * 255).astype(np.uint8)
     return PIL.Image.fromarray(array)
@@ -108,6 +138,23 @@ def scaled_size(width: int, height: int, longest: int, factor: int) -> tuple[int
     """(height, width) scaled so the longer side is `longest`, each rounded down to a multiple of `factor` (>= factor)."""
     scale = longest / max(width, height)
     return tuple(max(factor, int(side * scale) // factor * factor) for side in (height, width))
+
+
+def work_size(size, height=None, width=None, native=None, factor: int = 8) -> tuple:
+    """(height, width) to run a painting of `size` (w, h) at: the one sizing rule of the CLI and the sweep.
+
+    Both sides given: as given. One given: the other keeps the painting's aspect ratio (a multiple of `factor`).
+    Neither: `(None, None)`, the painting's own size, unless its longer side exceeds `native` (a model trained
+    at one size, like the toy's 64): then `scaled_size` to it.
+    """
+    w, h = size
+    if height is None and width is None:
+        return scaled_size(w, h, native, factor) if native and max(w, h) > native else (None, None)
+    if width is None and isinstance(height, int):
+        width = max(factor, w * height // h // factor * factor)
+    elif height is None and isinstance(width, int):
+        height = max(factor, h * width // w // factor * factor)
+    return height, width
 
 
 def output_size(image: PIL.Image.Image, height, width, factor: int, name: str = "image") -> tuple[int, int]:
