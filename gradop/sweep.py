@@ -3,15 +3,18 @@
     accelerate launch --multi_gpu --num_processes 2 -m gradop.sweep grid.json --out sweep/   # 2 GPUs, or 2 CPU processes
     python -m gradop.sweep grid.json --out sweep/                                  # one process
 
-`grid.json` names the model, the method and fixed arguments, and the lists to cross:
+`grid.json` names the model, the method (`gradop.methods`), fixed settings, and the lists to cross:
 
     {"model": "toy", "method": "gradop+", "fixed": {"num_inference_steps": 50},
      "grid": {"painting": ["input-images/toy/lake_mountains.png"], "seed": [0, 1],
               "strength": [0.6, 0.8], "grad_steps_per_iter": [6, 12]}}
 
-A painting's prompt comes from the manifest beside it unless the grid lists `prompt`. Every job writes
-`<job id>.png` (atomically) and then one JSON line to `results-<process>.jsonl`; a job whose line and image
-both exist is done, so a rerun (with any number of processes) does only what is missing.
+`fixed` and `grid` take `painting`, `prompt`, `seed` and any setting of the method. A painting's prompt comes
+from the manifest beside it unless `prompt` is given; paintings are sized as by the `gradop` command. The
+whole file is checked before the model loads (a bad key or value: one line naming the job, exit 2). Every
+job writes `<job id>.png` (atomically) and then one JSON line to `results-<process>.jsonl`; a job whose line
+and image both exist is done, so a rerun (with any number of processes) does only what is missing. A job
+that fails while running is reported in one line and the others go on; the process then exits with 2.
 """
 from __future__ import annotations
 
@@ -19,61 +22,158 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = {"gradop+": "gradop_plus", "gradop": "gradop", "sdedit": "sdedit", "text": "text2img"}
+SPEC_KEYS = ("model", "method", "fixed", "grid")
+# The sweep makes one PNG per job, seeded by the job's `seed`: these stay its own
+RESERVED = ("generator", "num_images_per_prompt", "output_type", "return_dict")
 
 
-def expand(spec: dict) -> list[dict]:
-    """Every combination of the grid's lists, each with a stable id (a hash of its parameters)."""
-    if not isinstance(spec.get("grid"), dict) or not spec["grid"]:
+@dataclass
+class Job:
+    """One combination of the grid, checked and ready to run."""
+    id: str
+    params: dict  # the grid's values, as written to the results line
+    prompt: str
+    painting: object  # the loaded painting (PIL image) or None
+    seed: int
+    settings: dict  # the method's settings: fixed and grid values less painting, prompt and seed
+
+
+def expand(spec) -> list[dict]:
+    """Every combination of the grid's lists, each with a stable id (a hash of its parameters).
+
+    Checks the file's structure: a JSON object with only `SPEC_KEYS`, a known method and model name, `fixed`
+    an object and `grid` an object of non-empty lists, no key in both."""
+    from .methods import get_method
+
+    if not isinstance(spec, dict):
+        raise ValueError(f'the sweep file must hold one JSON object {{"grid": {{...}}, ...}}, got a {type(spec).__name__}')
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"the sweep file has unknown key(s) {', '.join(map(repr, unknown))}; it takes {', '.join(SPEC_KEYS)}")
+    _check_model(spec.get("model", "toy"))
+    get_method(spec.get("method", "gradop+"))
+    fixed, grid = spec.get("fixed", {}), spec.get("grid")
+    if not isinstance(fixed, dict):
+        raise ValueError(f'"fixed" must be an object {{name: value}}, got {fixed!r}')
+    if not isinstance(grid, dict) or not grid:
         raise ValueError('the sweep file needs a "grid": {name: [values, ...]} to cross')
-    if spec.get("method", "gradop+") not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {spec.get('method')!r}")
-    names = sorted(spec["grid"])
+    names = sorted(grid)
     for name in names:
-        if not isinstance(spec["grid"][name], list) or not spec["grid"][name]:
-            raise ValueError(f"grid[{name!r}] must be a non-empty list, got {spec['grid'][name]!r}")
+        if not isinstance(grid[name], list) or not grid[name]:
+            raise ValueError(f"grid[{name!r}] must be a non-empty list, got {grid[name]!r}")
+    both = sorted(set(fixed) & set(grid))
+    if both:
+        raise ValueError(f"{', '.join(map(repr, both))} is in both \"fixed\" and \"grid\"; keep it in one")
     jobs = []
-    for values in itertools.product(*(spec["grid"][n] for n in names)):
+    for values in itertools.product(*(grid[n] for n in names)):
         params = dict(zip(names, values))
-        key = json.dumps([spec.get("model", "toy"), spec.get("method", "gradop+"), spec.get("fixed", {}), params],
-                         sort_keys=True)
+        key = json.dumps([spec.get("model", "toy"), spec.get("method", "gradop+"), fixed, params], sort_keys=True)
         jobs.append({"id": hashlib.sha1(key.encode()).hexdigest()[:12], **params})
     return jobs
+
+
+def _check_model(model) -> None:
+    # load_pipeline's own rule, checked before it is called: "auto", "toy", "tiny", a folder or "owner/name"
+    if not isinstance(model, str) or not (model in ("auto", "toy", "tiny") or Path(model).is_dir() or (
+            model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/")))):
+        raise ValueError(f"model must be 'auto', 'toy', 'tiny', a pipeline folder or a hub id 'owner/name', got {model!r}")
+
+
+def prepare(spec) -> list[Job]:
+    """`expand`, then every job checked as the `gradop` command checks its flags, before any model loads:
+    the painting file, the prompt, the seed, and the method's settings (`GradOPPipeline.check_inputs`).
+    Raises a `ValueError` naming the job and the key."""
+    from .cli import default_prompt
+    from .images import load_image
+    from .methods import get_method
+    from .pipeline import GradOPPipeline
+
+    grid = expand(spec)
+    method = get_method(spec.get("method", "gradop+"))
+    paintings, prompts = {}, {}  # each file read once
+    jobs = []
+    for job in grid:
+        params = {k: v for k, v in job.items() if k != "id"}
+        settings = {**spec.get("fixed", {}), **params}
+        shown = ", ".join(f"{k}={_short(Path(v).name if k == 'painting' and isinstance(v, str) else v)}"
+                          for k, v in params.items())
+        try:
+            path, prompt, seed = (settings.pop(k, None) for k in ("painting", "prompt", "seed"))
+            if path is not None and not isinstance(path, str):
+                raise ValueError(f"painting must be a file path (a string), got {path!r}")
+            if path is not None and path not in paintings:
+                paintings[path] = load_image(path, "painting")
+                prompts[path] = default_prompt(Path(path))
+            if method.takes_painting and path is None:
+                raise ValueError(f"method {method.name} needs a painting: list \"painting\" in fixed or grid")
+            prompt = prompt if prompt is not None else prompts.get(path)
+            if prompt is None:
+                raise ValueError("prompt: none given, and the painting is not in a manifest.json beside it; "
+                                 "list \"prompt\" in fixed or grid")
+            seed = 0 if seed is None else seed
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+                raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+            reserved = [k for k in RESERVED if k in settings]
+            if reserved:
+                raise ValueError(f"{reserved[0]} is set by the sweep itself (one PNG per job, seeded by \"seed\")")
+            painting = paintings.get(path)
+            GradOPPipeline.check_inputs(method.attribute, prompt, **method.arguments(painting, **settings))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"job {job['id']} ({shown}): {err}") from None
+        jobs.append(Job(job["id"], params, prompt, painting, seed, settings))
+    return jobs
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def finished(out: Path) -> set[str]:
     """Ids of the jobs with both a result line (any process's file) and their image."""
     done = set()
     for path in out.glob("results-*.jsonl"):
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
                 job_id = json.loads(line)["id"]
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a crash: that job runs again
-            if (out / f"{job_id}.png").is_file():
+            if isinstance(job_id, str) and (out / f"{job_id}.png").is_file():
                 done.add(job_id)
     return done
 
 
-def run_job(pipe, spec: dict, job: dict):
+def append_line(path: Path, record: dict) -> None:
+    """Append `record` as one JSON line in a single write, on a fresh line: a line an earlier crash cut short
+    (no newline) is closed first, so this one is not glued onto it (`finished` skips the cut one)."""
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def run_job(pipe, method, job: Job):
+    """The job's image, sized by the `gradop` command's rule (`cli.painting_size`)."""
     import torch
 
-    from .cli import default_prompt
+    from .cli import painting_size
 
-    params = {k: v for k, v in job.items() if k != "id"}
-    painting = params.pop("painting", None)
-    prompt = params.pop("prompt", None) or (default_prompt(Path(painting)) if painting else None)
-    if prompt is None:
-        raise ValueError(f"job {job['id']}: no prompt (list 'prompt' in the grid, or use manifest paintings)")
-    generator = torch.Generator("cpu").manual_seed(int(params.pop("seed", 0)))
-    kwargs = {**spec.get("fixed", {}), **params, "generator": generator}
-    method = getattr(pipe, METHODS[spec.get("method", "gradop+")])
-    out = method(prompt, **kwargs) if method.__name__ == "text2img" else method(prompt, painting, **kwargs)
-    return prompt, out.images[0]
+    settings = dict(job.settings)
+    settings["height"], settings["width"] = painting_size(pipe, job.painting, settings.get("height"),
+                                                          settings.get("width"))
+    generator = torch.Generator("cpu").manual_seed(job.seed)
+    return method(pipe, job.prompt, job.painting, generator=generator, **settings).images[0]
 
 
 def main(argv=None) -> int:
@@ -81,14 +181,29 @@ def main(argv=None) -> int:
     p.add_argument("grid", type=Path, help="the sweep's JSON file")
     p.add_argument("--out", type=Path, required=True, help="folder for images and results-*.jsonl")
     args = p.parse_args(argv)
+    try:
+        return _sweep(args)
+    except KeyboardInterrupt:  # finished images and lines are whole; a rerun does the rest
+        print("gradop.sweep: interrupted", file=sys.stderr)
+        return 130
+
+
+def _sweep(args) -> int:
     from accelerate import PartialState
 
     from .cli import save_atomically
+    from .methods import get_method
     from .models import load_pipeline
 
     try:
-        spec = json.loads(args.grid.read_text())
-        jobs = expand(spec)
+        try:
+            spec = json.loads(args.grid.read_text())
+        except ValueError as err:
+            raise ValueError(f"{args.grid} is not JSON ({err})") from None
+        except OSError as err:
+            raise ValueError(f"cannot read {args.grid} ({err.strerror})") from None
+        jobs = prepare(spec)
+        args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as err:
         print(f"gradop.sweep: error: {err}", file=sys.stderr)
         return 2
@@ -96,25 +211,35 @@ def main(argv=None) -> int:
 
     # on a machine without GPUs, processes started by `accelerate launch --multi_gpu` talk over gloo
     state = PartialState(cpu=not torch.cuda.is_available())
-    args.out.mkdir(parents=True, exist_ok=True)
     done = finished(args.out)
-    pending = [job for job in jobs if job["id"] not in done]
+    pending = [job for job in jobs if job.id not in done]
     if state.is_main_process:
-        print(f"gradop.sweep: {len(jobs)} jobs, {len(done & {j['id'] for j in jobs})} done, {len(pending)} to run "
+        print(f"gradop.sweep: {len(jobs)} jobs, {len(done & {j.id for j in jobs})} done, {len(pending)} to run "
               f"on {state.num_processes} process(es)", file=sys.stderr)
     mine = pending[state.process_index::state.num_processes]
+    failed = 0
     if mine:
         pipe = load_pipeline(spec.get("model", "toy"), device=state.device, verbose=state.is_main_process)
         pipe.set_progress_bar_config(disable=True)
+        method = get_method(spec.get("method", "gradop+"))
         results = args.out / f"results-{state.process_index}.jsonl"
         for job in mine:
             start = time.perf_counter()
-            prompt, image = run_job(pipe, spec, job)
-            save_atomically(image, args.out / f"{job['id']}.png")  # the image first: a line means a whole image
-            with open(results, "a") as f:
-                f.write(json.dumps({**job, "prompt": prompt, "seconds": round(time.perf_counter() - start, 3),
-                                    "process": state.process_index, "image": f"{job['id']}.png"}) + "\n")
+            try:
+                image = run_job(pipe, method, job)
+                save_atomically(image, args.out / f"{job.id}.png")  # the image first: a line means a whole image
+            except Exception as err:  # noqa: BLE001 — one bad job must not stop the others; a rerun retries it
+                failed += 1
+                print(f"gradop.sweep: job {job.id} failed: {type(err).__name__}: {' '.join(str(err).split())}",
+                      file=sys.stderr)
+                continue
+            append_line(results, {"id": job.id, **job.params, "prompt": job.prompt,
+                                  "seconds": round(time.perf_counter() - start, 3), "process": state.process_index,
+                                  "image": f"{job.id}.png"})
     state.wait_for_everyone()
+    if failed:
+        print(f"gradop.sweep: {failed} of {len(mine)} job(s) failed (above); a rerun retries them", file=sys.stderr)
+        return 2
     return 0
 
 

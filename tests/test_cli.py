@@ -73,7 +73,7 @@ def test_default_output_and_manifest_prompt(tmp_path, stroke, monkeypatch, capsy
     (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#c82828=ball:much"], "the weight after ':' must be"),
     (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#c82828=car"], "the phrase 'car'"),
     (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#c82828=ball", "--region-weight", "nan"],
-     "--region-weight must be a finite number"),
+     "region_weight must be a finite number"),
     (["--method", "text", "--prompt", "a ball", "--region", "#c82828=ball"], "--region needs --img_path"),
 ])
 def test_user_errors_exit_2_without_traceback_or_file(tmp_path, stroke, capsys, args, message):
