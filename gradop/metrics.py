@@ -52,6 +52,12 @@ def painting_distance(images, paintings, painting_function="gaussian"):
     return distances if _is_batch(images) else float(distances[0])
 
 
+def _check_judge(judge, who: str) -> None:
+    if judge is None or not callable(getattr(judge, "verdicts", None)):
+        raise TypeError(f"{who} needs a patch judge with verdicts(images), e.g. gradop.toy.judge.load_judge() "
+                        f"for toy-world images; got {type(judge).__name__}")
+
+
 def realism(images, judge) -> torch.Tensor:
     """Per image, the share of its patches `judge` takes for a real texture (1 = every patch looks real).
 
@@ -59,9 +65,7 @@ def realism(images, judge) -> torch.Tensor:
     `classes` (the class names) and `flat` (the index of "flat paint"): e.g. the toy world's
     `gradop.toy.judge.load_judge()`, valid for toy-world images only.
     """
-    if judge is None or not callable(getattr(judge, "verdicts", None)):
-        raise TypeError("realism needs a patch judge with verdicts(images), e.g. gradop.toy.judge.load_judge() "
-                        f"for toy-world images; got {type(judge).__name__}")
+    _check_judge(judge, "realism")
     return (judge.verdicts(to_batch(images)) != judge.flat).float().flatten(1).mean(1)
 
 
@@ -70,9 +74,7 @@ def semantic_accuracy(images, masks, class_name: str, judge) -> torch.Tensor:
 
     `judge` as in `realism`, plus `patch` (its patch side in pixels). NaN for an image whose mask covers no patch.
     """
-    if judge is None or not callable(getattr(judge, "verdicts", None)):
-        raise TypeError("semantic_accuracy needs a patch judge with verdicts(images), e.g. "
-                        f"gradop.toy.judge.load_judge(); got {type(judge).__name__}")
+    _check_judge(judge, "semantic_accuracy")
     if class_name not in judge.classes:
         raise ValueError(f"class_name must be one of {tuple(judge.classes)}, got {class_name!r}")
     images = to_batch(images)

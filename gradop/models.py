@@ -61,8 +61,7 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     from .pipeline import GradOPPipeline
     from .testing import tiny_pipeline
 
-    if not isinstance(model, str) or not model:
-        raise TypeError(f"model must be 'auto', 'toy', 'tiny', a folder or a hub id, got {model!r}")
+    check_model_name(model)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if model == "tiny":
@@ -81,9 +80,6 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
             pipe = _load_toy(scheduler)
             dtype = torch.float32 if device.type == "cpu" else dtype
     else:
-        if not Path(model).is_dir() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-            raise ValueError(f"model: '{model}' is not a folder, and not a hub id of the form 'owner/name'; "
-                             "use 'auto', 'toy', 'tiny', a pipeline folder or a hub id")
         try:
             pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler,
                                                   local_files_only=_offline() or Path(model).is_dir())
@@ -96,6 +92,17 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
         print(f"gradop: model {model_label(pipe)} on {device} ({str(dtype).replace('torch.', '')}){small}",
               file=sys.stderr)
     return pipe
+
+
+def check_model_name(model) -> str:
+    """`model` as `load_pipeline` takes it, checked without loading: "auto", "toy", "tiny", a folder or "owner/name"."""
+    if not isinstance(model, str) or not model:
+        raise TypeError(f"model must be 'auto', 'toy', 'tiny', a folder or a hub id, got {model!r}")
+    hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
+    if model not in ("auto", "toy", "tiny") and not Path(model).is_dir() and not hub_id:
+        raise ValueError(f"model must be 'auto', 'toy', 'tiny', a pipeline folder or a hub id: '{model}' is not a "
+                         "folder, and not a hub id of the form 'owner/name'")
+    return model
 
 
 def is_toy_model(pipe) -> bool:

@@ -81,13 +81,10 @@ def _ramp(length: int, overlap: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def make_optimizer(spec, params, lr: float) -> torch.optim.Optimizer:
-    if isinstance(spec, str):
-        if spec not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer class, got {spec!r}")
-        spec = OPTIMIZERS[spec]
-    if not (isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer)):
-        raise TypeError(f"optimizer must be a name or a torch.optim.Optimizer class, got {spec!r}")
-    return spec(params, lr=lr)
+    from .checks import check_optimizer
+
+    spec = check_optimizer(spec)
+    return (OPTIMIZERS[spec] if isinstance(spec, str) else spec)(params, lr=lr)
 
 
 def optimize_latents(

@@ -82,13 +82,12 @@ PAINTING_FUNCTIONS = ("gaussian", "median_palette")
 
 def get_painting_function(spec, paintings: torch.Tensor | None = None) -> PaintingFunction:
     """Resolve a painting-function name or callable. `paintings` ([B,3,H,W] in [0,1]) seeds a palette."""
-    if callable(spec):
+    from .checks import check_painting_function
+
+    if callable(check_painting_function(spec)):
         return spec
     if spec == "gaussian":
         return GaussianBlur()
-    if spec == "median_palette":
-        if paintings is None:
-            raise ValueError("painting_function='median_palette' needs the target painting to take its palette from")
-        return MedianPalette.from_paintings(paintings)
-    raise ValueError(f"painting_function must be one of {PAINTING_FUNCTIONS} or a callable "
-                     f"mapping [B,3,H,W] images in [0,1] to paintings, got {spec!r}")
+    if paintings is None:  # "median_palette"
+        raise ValueError("painting_function='median_palette' needs the target painting to take its palette from")
+    return MedianPalette.from_paintings(paintings)

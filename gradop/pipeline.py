@@ -559,7 +559,7 @@ class GradOPPipeline(DiffusionPipeline):
         if store is not None and not isinstance(store, AttentionStore):
             raise TypeError(f"attention_store must be a gradop.regions.AttentionStore, got {type(store).__name__}")
         regions = arguments.get("regions")
-        if regions is not None and not (isinstance(regions, Mapping) and not regions):
+        if _binds_regions(regions):
             parse_regions(regions)
             if method == "text2img" and arguments.get("region_image") is None:
                 raise ValueError("regions need a painting whose colours define them: pass region_image=<the painting>")
@@ -602,7 +602,7 @@ class GradOPPipeline(DiffusionPipeline):
         """The region binding of the call (`gradop.regions`): `None` without regions or an attention store.
         The colours come from `region_image`, else from the painting."""
         regions, store, size = call.regions, call.attention_store, (call.height, call.width)
-        if regions is None or (isinstance(regions, Mapping) and not regions):
+        if not _binds_regions(regions):
             return None if store is None else RegionBinding.empty(call.batch_size, size, store)
         if call.region_image is not None:
             images, names = self._load_images(call.region_image, "region_image", len(call.prompt))
@@ -766,6 +766,11 @@ class GradOPPipeline(DiffusionPipeline):
 
 
 _METHOD_NAMES = ("gradop_plus", "gradop", "sdedit", "loopback", "text2img")
+
+
+def _binds_regions(regions) -> bool:
+    """`regions=None` and `regions={}` both mean no binding."""
+    return regions is not None and not (isinstance(regions, Mapping) and not regions)
 
 
 def _scheduler_object(scheduler) -> dict:

@@ -50,13 +50,14 @@ def expand(spec) -> list[dict]:
     Checks the file's structure: a JSON object with only `SPEC_KEYS`, a known method and model name, `fixed`
     an object and `grid` an object of non-empty lists, no key in both."""
     from .methods import get_method
+    from .models import check_model_name
 
     if not isinstance(spec, dict):
         raise ValueError(f'the sweep file must hold one JSON object {{"grid": {{...}}, ...}}, got a {type(spec).__name__}')
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"the sweep file has unknown key(s) {', '.join(map(repr, unknown))}; it takes {', '.join(SPEC_KEYS)}")
-    _check_model(spec.get("model", "toy"))
+    check_model_name(spec.get("model", "toy"))
     get_method(spec.get("method", "gradop+"))
     fixed, grid = spec.get("fixed", {}), spec.get("grid")
     if not isinstance(fixed, dict):
@@ -76,13 +77,6 @@ def expand(spec) -> list[dict]:
         key = json.dumps([spec.get("model", "toy"), spec.get("method", "gradop+"), fixed, params], sort_keys=True)
         jobs.append({"id": hashlib.sha1(key.encode()).hexdigest()[:12], **params})
     return jobs
-
-
-def _check_model(model) -> None:
-    # load_pipeline's own rule, checked before it is called: "auto", "toy", "tiny", a folder or "owner/name"
-    if not isinstance(model, str) or not (model in ("auto", "toy", "tiny") or Path(model).is_dir() or (
-            model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/")))):
-        raise ValueError(f"model must be 'auto', 'toy', 'tiny', a pipeline folder or a hub id 'owner/name', got {model!r}")
 
 
 def prepare(spec) -> list[Job]:
@@ -204,7 +198,7 @@ def _sweep(args) -> int:
             raise ValueError(f"cannot read {args.grid} ({err.strerror})") from None
         jobs = prepare(spec)
         args.out.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError) as err:
         print(f"gradop.sweep: error: {err}", file=sys.stderr)
         return 2
     import torch

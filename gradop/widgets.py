@@ -395,9 +395,10 @@ class SynthesisPanel(widgets.VBox):
     def synthesize(self, method: str | None = None) -> PIL.Image.Image | None:
         """Run `method` (a `PANEL_METHODS` label; the dropdown's by default) on the pad's painting; errors propagate.
         Returns None when stopped."""
-        method = PANEL_METHODS.get(method or self.method.value)
-        if method is None:
-            raise ValueError(f"method must be one of {list(PANEL_METHODS)}, got {method!r}")
+        label = method or self.method.value
+        if label not in PANEL_METHODS:
+            raise ValueError(f"method must be one of {list(PANEL_METHODS)}, got {label!r}")
+        method = PANEL_METHODS[label]
         steps = int(self.num_inference_steps.value)
         self.progress.max, self.progress.value = steps, 0
 
