@@ -255,3 +255,10 @@ def test_two_threads_on_one_pipeline_give_their_sequential_images(pipe, painting
             for alone, concurrent in zip(sequential, together):
                 np.testing.assert_array_equal(alone, concurrent)
     assert all(p.requires_grad for p in pipe.vae.parameters())  # the decoder's flags are restored
+
+
+def test_a_callback_that_returns_no_dict_is_a_clear_error(pipe, painting):
+    # before: "TypeError: pop expected at most 2 arguments" from deep inside the loop
+    with pytest.raises(TypeError, match="callback_on_step_end must return a dict"):
+        run(pipe, "gradop_plus", painting, generator=gen(0), callback_on_step_end=lambda p, i, t, tensors: [tensors])
+    assert np.isfinite(run(pipe, "gradop_plus", painting, generator=gen(0)).images).all()  # usable afterwards
