@@ -138,6 +138,16 @@ def check_painting_function(value, name: str = "painting_function"):
     return value
 
 
+def check_sigma_fraction(value, name: str = "painting_sigma_fraction") -> float:
+    """The Gaussian painting function's σ as a fraction of the image's shorter side (the release: 7/512)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in (0, 0.5) or None, got {value!r}")
+    if not 0 < value < 0.5:  # also rejects NaN and inf
+        raise ValueError(f"{name} must be a finite number with 0 < {name} < 0.5 (sigma as a fraction of the "
+                         f"image's shorter side; the release's is 7/512 = 0.0137), got {value}")
+    return float(value)
+
+
 def check_latents(value, name: str = "latents"):
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of start noise (batch, channels, h, w), got {type(value).__name__}")

@@ -125,6 +125,9 @@ class GradOPPipeline(DiffusionPipeline):
             (`gradop.toy.distill`), which makes GradOP+ on a CPU nearly as cheap as text-only sampling at the same
             faithfulness; GradOP's longer descent loses a little through it (reports/toy/report.md).
             (Called `guidance_decoder` before; "guidance" here means classifier-free guidance only.)
+        painting_sigma_fraction (`float`, *optional*): the model's painting scale: σ of `painting_function="gaussian"`
+            as a fraction of the image's shorter side, 0 < x < 0.5. `None` (the default) is the release's
+            σ = 7·side/512 (kernel 35, σ 7 at 512x512). Saved in and loaded from `model_index.json` (`pipe.config`).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -132,10 +135,14 @@ class GradOPPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | None = None):
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | None = None,
+                 painting_sigma_fraction: float | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                               painting_decoder=painting_decoder)
+        if painting_sigma_fraction is not None:
+            painting_sigma_fraction = checks.check_sigma_fraction(painting_sigma_fraction)
+        self.register_to_config(painting_sigma_fraction=painting_sigma_fraction)  # a setting, not a component
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._call_lock = threading.RLock()
@@ -233,8 +240,11 @@ class GradOPPipeline(DiffusionPipeline):
                 the start noise, then one draw per optimised step (release order).
             lr (`float`, *optional*, defaults to 0.1): the optimiser's learning rate.
             optimizer (`str` or `torch.optim.Optimizer` class, *optional*, defaults to `"adam"`).
-            painting_function (`str` or callable, *optional*, defaults to `"gaussian"`): `"gaussian"`
-                (released blur), `"median_palette"`, or any differentiable `f([B,3,H,W]) -> [B,3,H,W]` in [0, 1].
+            painting_function (`str` or callable, *optional*, defaults to `"gaussian"`): f. `"gaussian"` is the
+                released blur at the image's scale, σ = 7·side/512 on the shorter side (kernel 35, σ 7 at 512x512;
+                5, 0.875 at 64x64), or the model's `config.painting_sigma_fraction`·side (`GaussianBlur.for_size`);
+                `"median_palette"`; or any differentiable `f([B,3,H,W]) -> [B,3,H,W]` in [0, 1], used as it is:
+                `gradop.painting.GaussianBlur(35, 7)` is the release's fixed blur at any size.
             blur_target (`bool`, *optional*, defaults to `False`): compare with f(y) instead of y. The release
                 compares with the raw painting, so its loss can never reach zero.
             optimize_target (`"noisy"` or `"x0"`, *optional*, defaults to `"noisy"`): optimise the current noisy
@@ -292,9 +302,10 @@ class GradOPPipeline(DiffusionPipeline):
         first = int(num_inference_steps * (1 - strength))  # k0, truncated in floating point as released (0.8 -> 9)
         call.guide = PaintingGuide(
             target=target, decoder=self.prepare_painting_decoder(painting_decoder, call),
-            painting_function=get_painting_function(painting_function, target), grad_steps=grad_steps_per_iter,
-            lr=lr, optimizer=optimizer, blur_target=blur_target, optimize_target=optimize_target,
-            freeze_decoder=freeze_decoder, window=range(first, first + num_iterative_steps),
+            painting_function=self.prepare_painting_function(painting_function, target),
+            grad_steps=grad_steps_per_iter, lr=lr, optimizer=optimizer, blur_target=blur_target,
+            optimize_target=optimize_target, freeze_decoder=freeze_decoder,
+            window=range(first, first + num_iterative_steps),
         )
 
         # 4. Prepare timesteps and the start: zeros noised to t_0 (as released), z = √(1 − ᾱ_{t_0}) ε
@@ -371,7 +382,7 @@ class GradOPPipeline(DiffusionPipeline):
         target = self._per_image((paintings + 1) / 2, call)
         guide = PaintingGuide(
             target=target, decoder=self.prepare_painting_decoder(painting_decoder, call),
-            painting_function=get_painting_function(painting_function, target), grad_steps=grad_steps, lr=lr,
+            painting_function=self.prepare_painting_function(painting_function, target), grad_steps=grad_steps, lr=lr,
             optimizer=optimizer, blur_target=blur_target, freeze_decoder=freeze_decoder,
         )
 
@@ -611,6 +622,10 @@ class GradOPPipeline(DiffusionPipeline):
         return bind_regions(regions, call.prompt, self.tokenizer, images, names, call.batch_size, size,
                             region_weight=call.region_weight, step_fraction=call.region_step_fraction,
                             alphas_cumprod=self.scheduler.alphas_cumprod, store=store)
+
+    def prepare_painting_function(self, painting_function, target: torch.Tensor):
+        """f for `target` ([B,3,H,W] in [0,1]): `"gaussian"` at its size and the model's painting scale."""
+        return get_painting_function(painting_function, target, self.config.painting_sigma_fraction)
 
     def prepare_painting_decoder(self, painting_decoder, call: _Call):
         """The decoder the painting loss differentiates through: the call's, else the pipeline's `painting_decoder`
