@@ -36,48 +36,43 @@ def _is_batch(images) -> bool:
     return isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.ndim == 4)
 
 
-def painting_distance(images, paintings, painting_function="gaussian", sigma_fraction=None):
+def painting_distance(images, paintings, painting_function="gaussian"):
     """Faithfulness MSE(f(x), f(y)) in [0, 1] pixel space (0 = identical paintings, lower is better).
 
     One image and one painting give a float; a batch (a [B, 3, H, W] tensor or a list) gives a `[B]` tensor,
     with one painting for all images or one each. Paintings given as files or PIL images are resized to the
-    images' size. `painting_function` as in the pipeline, by the same rule, so faithfulness is measured with the
-    blur the optimisation used: `"gaussian"` is the released blur at the images' scale, σ = 7·side/512 on the
-    shorter side, or `sigma_fraction`·side (pass the model's `pipe.config.painting_sigma_fraction`).
+    images' size. `painting_function` as in the pipeline (the released Gaussian blur by default).
     """
     x = to_batch(images, "image")
     y = to_batch(paintings, "painting", size=(x.shape[-1], x.shape[-2]))
     if len(y) not in (1, len(x)):
         raise ValueError(f"{len(y)} paintings for {len(x)} images: give one painting for all, or one per image")
-    f = get_painting_function(painting_function, y, sigma_fraction)
+    f = get_painting_function(painting_function, y)
     distances = (f(x) - f(y)).square().flatten(1).mean(1)
     return distances if _is_batch(images) else float(distances[0])
 
 
-def _check_judge(judge, who: str, needs: str = "verdicts") -> None:
-    if judge is None or not callable(getattr(judge, needs, None)):
-        raise TypeError(f"{who} needs a patch judge with {needs}(images), e.g. gradop.toy.judge.load_judge() "
+def _check_judge(judge, who: str) -> None:
+    if judge is None or not callable(getattr(judge, "verdicts", None)):
+        raise TypeError(f"{who} needs a patch judge with verdicts(images), e.g. gradop.toy.judge.load_judge() "
                         f"for toy-world images; got {type(judge).__name__}")
 
 
-def realism(images, judge, modality: str = "photo") -> torch.Tensor:
-    """Per image, the share of its patches `judge` places in `modality` (1 = every patch looks like a photo).
+def realism(images, judge) -> torch.Tensor:
+    """Per image, the share of its patches `judge` takes for a real texture (1 = every patch looks real).
 
-    `judge` has `modality_verdicts(images) -> [B, h, w]` modality indices of its patches for [B, 3, H, W]
-    images in [0, 1] and `modalities` (their names): e.g. the toy world's `gradop.toy.judge.load_judge()`
-    (photo / painting / cartoon), valid for toy-world images only.
+    `judge` has `verdicts(images) -> [B, h, w]` class indices of its patches for [B, 3, H, W] images in [0, 1],
+    `classes` (the class names) and `flat` (the index of "flat paint"): e.g. the toy world's
+    `gradop.toy.judge.load_judge()`, valid for toy-world images only.
     """
-    _check_judge(judge, "realism", "modality_verdicts")
-    if modality not in judge.modalities:
-        raise ValueError(f"modality must be one of {tuple(judge.modalities)}, got {modality!r}")
-    verdicts = judge.modality_verdicts(to_batch(images))
-    return (verdicts == judge.modalities.index(modality)).float().flatten(1).mean(1)
+    _check_judge(judge, "realism")
+    return (judge.verdicts(to_batch(images)) != judge.flat).float().flatten(1).mean(1)
 
 
 def semantic_accuracy(images, masks, class_name: str, judge) -> torch.Tensor:
     """Per image, the share of the patches mostly inside `masks` ([B, H, W] or [H, W] bool) judged `class_name`.
 
-    `judge` has `verdicts(images) -> [B, h, w]` class indices, `classes` and `patch` (its patch side in pixels). NaN for an image whose mask covers no patch.
+    `judge` as in `realism`, plus `patch` (its patch side in pixels). NaN for an image whose mask covers no patch.
     """
     _check_judge(judge, "semantic_accuracy")
     if class_name not in judge.classes:
