@@ -36,18 +36,20 @@ def _is_batch(images) -> bool:
     return isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.ndim == 4)
 
 
-def painting_distance(images, paintings, painting_function="gaussian"):
+def painting_distance(images, paintings, painting_function="gaussian", sigma_fraction=None):
     """Faithfulness MSE(f(x), f(y)) in [0, 1] pixel space (0 = identical paintings, lower is better).
 
     One image and one painting give a float; a batch (a [B, 3, H, W] tensor or a list) gives a `[B]` tensor,
     with one painting for all images or one each. Paintings given as files or PIL images are resized to the
-    images' size. `painting_function` as in the pipeline (the released Gaussian blur by default).
+    images' size. `painting_function` as in the pipeline, by the same rule, so faithfulness is measured with the
+    blur the optimisation used: `"gaussian"` is the released blur at the images' scale, σ = 7·side/512 on the
+    shorter side, or `sigma_fraction`·side (pass the model's `pipe.config.painting_sigma_fraction`).
     """
     x = to_batch(images, "image")
     y = to_batch(paintings, "painting", size=(x.shape[-1], x.shape[-2]))
     if len(y) not in (1, len(x)):
         raise ValueError(f"{len(y)} paintings for {len(x)} images: give one painting for all, or one per image")
-    f = get_painting_function(painting_function, y)
+    f = get_painting_function(painting_function, y, sigma_fraction)
     distances = (f(x) - f(y)).square().flatten(1).mean(1)
     return distances if _is_batch(images) else float(distances[0])
 

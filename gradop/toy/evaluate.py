@@ -121,7 +121,7 @@ def evaluate(args) -> Path:
         start = time.perf_counter()
         result = run().cpu().float()
         outputs[name] = result
-        results[name] = (realism(result, judge).mean().item(), painting_distance(result, paintings).mean().item(),
+        results[name] = (realism(result, judge).mean().item(), painting_distance(result, paintings, sigma_fraction=pipe.config.painting_sigma_fraction).mean().item(),
                          time.perf_counter() - start)
         print(f"{name}: realism {results[name][0]:.2f}, faithfulness {results[name][1]:.4f}")
     lines += ["## Realism and faithfulness by method",
