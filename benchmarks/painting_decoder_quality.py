@@ -40,7 +40,8 @@ def main(argv=None) -> int:
         images = pipe.gradop_plus(captions, list(paintings.unbind()), output_type="pt",
                                   generator=[torch.Generator().manual_seed(i) for i in range(len(scenes))], **extra).images
         seconds = (time.perf_counter() - start) / len(scenes)
-        rows[name] = (float(painting_distance(images, paintings, sigma_fraction=pipe.config.painting_sigma_fraction).mean()), float(realism(images, judge).mean()), seconds)
+        distance = painting_distance(images, paintings, sigma_fraction=pipe.config.painting_sigma_fraction)
+        rows[name] = (float(distance.mean()), float(realism(images, judge).mean()), seconds)
         print(f"{name:<18} faithfulness {rows[name][0]:.4f}  realism {rows[name][1]:.3f}  {seconds:.2f} s/image", flush=True)
     full = rows["full decoder"][0]
     lines = [f"\n## Guidance decoder quality, toy model — {datetime.date.today().isoformat()}",
