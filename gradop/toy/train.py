@@ -112,12 +112,9 @@ def validate_judge(judge, vae, scenes: int = 64) -> dict:
 class Stage:
     """A resumable training loop: model(s), optimiser, cosine schedule, checkpoints and a loss log."""
 
-    def __init__(self, name, modules: dict, steps, lr, work_dir: Path, log, seed, warmup=100):
+    def __init__(self, name, modules: dict, steps, lr, work_dir: Path, log, generator, warmup=100):
         self.name, self.modules, self.steps, self.work_dir, self.log = name, modules, steps, work_dir, log
-        # Each stage draws its batches and noise from its own seed, so changing one stage (the judge's length, say)
-        # leaves the others bit for bit as they were; both states are checkpointed, so a resumed run continues them
-        self.generator = generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
+        self.generator = generator  # draws the batches: saved with the checkpoint so a resumed run sees the same ones
         params = [p for m in modules.values() for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -182,8 +179,9 @@ def train(args) -> None:
     drawn = (make_scene(seed) for seed in tqdm(range(args.scenes), desc="drawing scenes", leave=False))
     world = world_tensors(drawn)
     captions = world["captions"]
+    gen = torch.Generator().manual_seed(args.seed)
+
     def batch_of(tensors, size):
-        gen = stage.generator
         index = torch.randint(0, len(tensors[0]), (size,), generator=gen)
         flip = torch.rand(size, generator=gen) < 0.5  # mirror images: the grammar has no left/right
         out = []
@@ -196,7 +194,7 @@ def train(args) -> None:
     # 1. VAE, on every modality and the scribbles
     vae.to(device).train()
     everything = torch.cat([world[m] for m in MODALITIES] + [world["scribble"]])
-    stage = Stage("vae", {"vae": vae}, args.vae_steps, 1e-3, work, log, args.seed)
+    stage = Stage("vae", {"vae": vae}, args.vae_steps, 1e-3, work, log, gen)
 
     def vae_loss(step):
         (x,) = batch_of([everything], args.vae_batch_size)
@@ -226,9 +224,8 @@ def train(args) -> None:
     # the scribbles double the paintings: weigh each modality equally, or "painting" becomes the default verdict
     counts = torch.bincount(judge_modality, minlength=len(MODALITIES)).float()
     balance = (counts.sum() / (len(MODALITIES) * counts)).to(device)
-    torch.manual_seed(args.seed + 1)  # the judge's initial weights, from its own seed too
     judge = PatchJudge().to(device)
-    stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log, args.seed + 1)
+    stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log, gen)
 
     def judge_loss(step):
         x, m, y = batch_of([judge_images, judge_modality, judge_classes], 2 * args.batch_size)
@@ -257,7 +254,7 @@ def train(args) -> None:
     ema = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
     stage = Stage("unet", {"unet": unet, "text_encoder": text_encoder, "ema": ema, "ema_text": ema_text},
-                  args.unet_steps, args.lr, work, log, args.seed + 2)
+                  args.unet_steps, args.lr, work, log, gen)
 
     def ema_update(decay=0.999):
         with torch.no_grad():
