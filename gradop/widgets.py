@@ -29,11 +29,11 @@ from .images import load_image, scaled_size
 from .colors import parse_color, to_hex
 from .methods import METHODS
 
-# The toy world's class colours (gradop.toy.world; a test keeps them in step): strokes in these become the
-# classes the toy model knows. Written out so the widgets never import the toy world.
-TOY_PALETTE = {"sky": "#69a5e6", "cloud": "#e8ebf0", "sun": "#ffe16e", "mountain": "#736676", "snow": "#eef3fa",
-               "forest": "#26582a", "grass": "#64a53e", "water": "#2d64af", "sand": "#dac08c", "house": "#c4aa8c",
-               "roof": "#96372d"}
+# The toy world's painting colours (gradop.toy.world.PALETTE; a test keeps them in step). Forest and meadow share
+# one green range, snow and cloud one white, lake and sky one blue: the shades differ so bindings can tell them apart.
+# Written out so the widgets never import the toy world.
+TOY_PALETTE = {"sky": "#5f96de", "cloud": "#e6eaf1", "sun": "#ffe16e", "mountain": "#736676", "snow": "#f4f6fa",
+               "forest": "#2a662a", "grass": "#52983e", "water": "#3064b4", "sand": "#dac08c", "house": "#c4aa8c", "roof": "#96372d"}
 
 
 @dataclass
