@@ -111,8 +111,9 @@ def load_toy_judge():
     return load_judge()
 
 
-def image_grid(rows, row_titles=None, col_titles=None, scale: float = 1.6, title: str | None = None):
-    """A matplotlib figure of images: `rows` is a list of lists of PIL images or [3, H, W] tensors."""
+def image_grid(rows, row_titles=None, col_titles=None, scale: float = 2.0, title: str | None = None):
+    """A matplotlib figure of images: `rows` is a list of lists of PIL images or [3, H, W] tensors (None leaves a
+    gap). `scale` is inches per tile: 2.0 shows a 64x64 tile at about 3x at the inline backend's 100 dpi."""
     import matplotlib.pyplot as plt
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
