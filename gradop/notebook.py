@@ -158,15 +158,15 @@ def loopback_every_loop(pipe, prompts, images, num_loops: int, strength: float =
 
     Loop k of the call is exactly `pipe.loopback(..., num_loops=k)` (the same generator draws in the same order),
     so a curve over the loops costs one call with the most loops instead of one call per point."""
-    ends, steps = [], int(num_inference_steps * strength)
+    ends = []
 
-    def keep(pipe_, i, t, tensors):  # the last denoising step of a loop: its latents are that loop's result
-        if i == steps - 1:
+    def keep(pipe_, i, t, tensors):  # each loop ends at the schedule's last timestep: its latents are that loop's result
+        if t == pipe_.scheduler.timesteps[-1]:
             ends.append(tensors["latents"])
         return tensors
 
     pipe.loopback(prompts, images, strength=strength, num_loops=num_loops, generator=generator, output_type="latent",
                   num_inference_steps=num_inference_steps, callback_on_step_end=keep, **kwargs)
-    with torch.no_grad():
-        return [((pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample.float() + 1) / 2).clamp(0, 1).cpu()
-                for z in ends]
+    with torch.no_grad():  # decoded and post-processed as the pipeline's own output_type="pt"
+        return [pipe.image_processor.postprocess(pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample.float(),
+                                                 output_type="pt").cpu() for z in ends]

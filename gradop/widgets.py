@@ -368,7 +368,7 @@ class SynthesisPanel(widgets.VBox):
         self.method = widgets.Dropdown(options=list(PANEL_METHODS), value="GradOP+", description="method", style=style)
         self.strength = widgets.FloatSlider(value=self.default_strength(self.method.value), min=0.0, max=1.0, step=0.05,
                                             description="strength", style=style, layout=wide)
-        self.method.observe(lambda change: setattr(self.strength, "value", self.default_strength(change["new"])), "value")
+        self.method.observe(self._on_method, "value")
         self.num_iterative_steps = widgets.IntSlider(value=3, min=0, max=10, description="iterative steps (K)",
                                                      style=style, layout=wide)
         self.grad_steps_per_iter = widgets.IntSlider(value=12, min=0, max=48, description="gradient steps (N)",
@@ -395,17 +395,21 @@ class SynthesisPanel(widgets.VBox):
             widgets.HBox([self.output]), self.gallery,
         ])
 
-    def default_strength(self, method: str) -> float:
-        """The strength `method` (a `PANEL_METHODS` label) has by default, or the slider's value if it takes none."""
-        value = PANEL_METHODS[method].defaults.get("strength") if method in PANEL_METHODS else None
-        if value is None:  # text-only sampling takes no strength: the slider stays where it is
-            return float(self.strength.value) if hasattr(self, "strength") else 0.8
-        return float(value)
+    @staticmethod
+    def default_strength(method: str) -> float | None:
+        """The strength `method` (a `PANEL_METHODS` label) has by default; None for one that takes no strength."""
+        return PANEL_METHODS[method].defaults.get("strength")
+
+    def _on_method(self, change) -> None:
+        strength = self.default_strength(change["new"])
+        if strength is not None:  # text-only sampling takes no strength: the slider stays where it is
+            self.strength.value = strength
 
     def synthesize(self, method: str | None = None, strength: float | None = None) -> PIL.Image.Image | None:
         """Run `method` (a `PANEL_METHODS` label; the dropdown's by default) on the pad's painting at `strength`
         (the slider's by default); errors propagate. Returns None when stopped."""
         label = method or self.method.value
+        strength = float(self.strength.value if strength is None else strength)
         if label not in PANEL_METHODS:
             raise ValueError(f"method must be one of {list(PANEL_METHODS)}, got {label!r}")
         method = PANEL_METHODS[label]
@@ -424,7 +428,6 @@ class SynthesisPanel(widgets.VBox):
                       regions=regions, region_weight=float(self.region_weight.value), callback_on_step_end=on_step)
         if method.name == "text" and regions:  # the painting only gives the regions: at the output size
             kwargs["region_image"] = image.resize((self.work_width, self.work_height), PIL.Image.LANCZOS)
-        strength = float(self.strength.value if strength is None else strength)
         out = method(self.pipe, self.prompt.value, image, strength=strength,
                      num_iterative_steps=int(self.num_iterative_steps.value),
                      grad_steps_per_iter=int(self.grad_steps_per_iter.value), **kwargs)
