@@ -1,5 +1,9 @@
 """Fine-tune a trained toy pipeline's UNet + text encoder on a changed world (probe only, not the recipe).
-usage: finetune.py SRC_MODEL OUT_MODEL STEPS side vignette named [scenes]"""
+usage: toy_world_finetune_probe.py SRC_MODEL OUT_MODEL STEPS side vignette named [scenes [right]]; PAINTING=, SCRIBBLE= set the streak amplitudes.
+It restates train.py's UNet loss and EMA: a `--init-from` option of gradop.toy.train should replace it."""
+import os
+import gradop.toy.world as _w
+_w.BRUSH_STREAKS.update({k: float(os.environ[k.upper()]) for k in ("painting", "scribble") if k.upper() in os.environ})
 import sys, copy, math, time, torch, numpy as np, torch.nn.functional as F
 from gradop import GradOPPipeline
 import gradop.toy.world as world

@@ -1,5 +1,8 @@
-# WIP probe of issue 14 (not part of the suite): python benchmarks/toy_world_probe.py MODEL JUDGE SCENES [x0,blur,s9,cartoon] [OUT.json]
+# WIP probe of issue 14 (not part of the suite): python benchmarks/toy_world_probe.py MODEL JUDGE SCENES [x0,blur,s9,cartoon] [OUT.json]; PAINTING=, SCRIBBLE= set the streak amplitudes
 """Probe a trained toy model on held-out scenes: modality shares of text-only, SDEdit over s, GradOP+ over N."""
+import os
+import gradop.toy.world as _w
+_w.BRUSH_STREAKS.update({k: float(os.environ[k.upper()]) for k in ("painting", "scribble") if k.upper() in os.environ})
 import sys, time, json, torch, numpy as np
 from gradop import GradOPPipeline
 from gradop.metrics import realism, painting_distance

@@ -39,7 +39,7 @@ def test_scenes_are_deterministic_and_varied():
     assert seen == set(range(len(CLASSES)))  # all 10 classes occur
 
 
-def test_captions_name_the_modality_for_a_minority_of_scenes_and_only_what_is_there():
+def test_captions_name_the_modality_for_a_share_of_scenes_and_only_what_is_there():
     scenes = [make_scene(seed) for seed in range(300)]
     modalities = [s.modality for s in scenes]
     for m, share in zip(MODALITIES, MODALITY_MIX):

@@ -12,7 +12,7 @@ Three stages, each resumable from its last checkpoint in `--work-dir`:
    the VAE, so UNet checkpoints can be probed with it while the UNet trains.
 3. UNet + text encoder — the epsilon objective on SD's noise schedule over each scene in its own
    modality with its caption (`gradop.toy.world`: photos, paintings and cartoons, the modality
-   named in a minority of captions), captions dropped 10 % of the time for classifier-free
+   named in only part of the captions), captions dropped 10 % of the time for classifier-free
    guidance, an exponential moving average of the weights.
 
 The pipeline folder (safetensors) and the judge are written to `--out` (the package by default).
