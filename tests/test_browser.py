@@ -104,7 +104,7 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             page.get_by_text(re.compile(rf"^{before + 1} stroke\(s\)")).first.wait_for(timeout=60_000)
 
             page.get_by_role("button", name="Generate").click()
-            done = page.get_by_text(re.compile(rf"GradOP\+ 0\.8, seed 0[^:]*: done \({before + 1} stroke\(s\)"))
+            done = page.get_by_text(re.compile(rf"GradOP\+, seed 0[^:]*: done \({before + 1} stroke\(s\)"))
             done.wait_for(timeout=120_000)
             output = page.locator(".jp-OutputArea img.widget-image").first
             assert output.evaluate("img => img.complete && img.naturalWidth") > 0
