@@ -54,27 +54,30 @@ def painting_distance(images, paintings, painting_function="gaussian", sigma_fra
     return distances if _is_batch(images) else float(distances[0])
 
 
-def _check_judge(judge, who: str) -> None:
-    if judge is None or not callable(getattr(judge, "verdicts", None)):
-        raise TypeError(f"{who} needs a patch judge with verdicts(images), e.g. gradop.toy.judge.load_judge() "
+def _check_judge(judge, who: str, needs: str = "verdicts") -> None:
+    if judge is None or not callable(getattr(judge, needs, None)):
+        raise TypeError(f"{who} needs a patch judge with {needs}(images), e.g. gradop.toy.judge.load_judge() "
                         f"for toy-world images; got {type(judge).__name__}")
 
 
-def realism(images, judge) -> torch.Tensor:
-    """Per image, the share of its patches `judge` takes for a real texture (1 = every patch looks real).
+def realism(images, judge, modality: str = "photo") -> torch.Tensor:
+    """Per image, the share of its patches `judge` places in `modality` (1 = every patch looks like a photo).
 
-    `judge` has `verdicts(images) -> [B, h, w]` class indices of its patches for [B, 3, H, W] images in [0, 1],
-    `classes` (the class names) and `flat` (the index of "flat paint"): e.g. the toy world's
-    `gradop.toy.judge.load_judge()`, valid for toy-world images only.
+    `judge` has `modality_verdicts(images) -> [B, h, w]` modality indices of its patches for [B, 3, H, W]
+    images in [0, 1] and `modalities` (their names): e.g. the toy world's `gradop.toy.judge.load_judge()`
+    (photo / painting / cartoon), valid for toy-world images only.
     """
-    _check_judge(judge, "realism")
-    return (judge.verdicts(to_batch(images)) != judge.flat).float().flatten(1).mean(1)
+    _check_judge(judge, "realism", "modality_verdicts")
+    if modality not in judge.modalities:
+        raise ValueError(f"modality must be one of {tuple(judge.modalities)}, got {modality!r}")
+    verdicts = judge.modality_verdicts(to_batch(images))
+    return (verdicts == judge.modalities.index(modality)).float().flatten(1).mean(1)
 
 
 def semantic_accuracy(images, masks, class_name: str, judge) -> torch.Tensor:
     """Per image, the share of the patches mostly inside `masks` ([B, H, W] or [H, W] bool) judged `class_name`.
 
-    `judge` as in `realism`, plus `patch` (its patch side in pixels). NaN for an image whose mask covers no patch.
+    `judge` has `verdicts(images) -> [B, h, w]` class indices, `classes` and `patch` (its patch side in pixels). NaN for an image whose mask covers no patch.
     """
     _check_judge(judge, "semantic_accuracy")
     if class_name not in judge.classes:

@@ -111,8 +111,9 @@ def load_toy_judge():
     return load_judge()
 
 
-def image_grid(rows, row_titles=None, col_titles=None, scale: float = 1.6, title: str | None = None):
-    """A matplotlib figure of images: `rows` is a list of lists of PIL images or [3, H, W] tensors."""
+def image_grid(rows, row_titles=None, col_titles=None, scale: float = 2.0, title: str | None = None):
+    """A matplotlib figure of images: `rows` is a list of lists of PIL images or [3, H, W] tensors (None leaves a
+    gap). `scale` is inches per tile: 2.0 shows a 64x64 tile at about 3x at the inline backend's 100 dpi."""
     import matplotlib.pyplot as plt
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
@@ -149,3 +150,23 @@ def timed(fn, repeats: int = 3):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times)), result
+
+
+def loopback_every_loop(pipe, prompts, images, num_loops: int, strength: float = 0.6, generator=None,
+                        num_inference_steps: int = 50, **kwargs) -> list[torch.Tensor]:
+    """The images after each of `num_loops` loops of `pipe.loopback`, from one call: [B, 3, H, W] in [0, 1] per loop.
+
+    Loop k of the call is exactly `pipe.loopback(..., num_loops=k)` (the same generator draws in the same order),
+    so a curve over the loops costs one call with the most loops instead of one call per point."""
+    ends = []
+
+    def keep(pipe_, i, t, tensors):  # each loop ends at the schedule's last timestep: its latents are that loop's result
+        if t == pipe_.scheduler.timesteps[-1]:
+            ends.append(tensors["latents"])
+        return tensors
+
+    pipe.loopback(prompts, images, strength=strength, num_loops=num_loops, generator=generator, output_type="latent",
+                  num_inference_steps=num_inference_steps, callback_on_step_end=keep, **kwargs)
+    with torch.no_grad():  # decoded and post-processed as the pipeline's own output_type="pt"
+        return [pipe.image_processor.postprocess(pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample.float(),
+                                                 output_type="pt").cpu() for z in ends]

@@ -29,11 +29,11 @@ from .images import load_image, scaled_size
 from .colors import parse_color, to_hex
 from .methods import METHODS
 
-# The toy world's class colours (gradop.toy.world; a test keeps them in step): strokes in these become the
-# classes the toy model knows. Written out so the widgets never import the toy world.
-TOY_PALETTE = {"sky": "#69a5e6", "cloud": "#e8ebf0", "sun": "#ffe16e", "mountain": "#736676", "snow": "#eef3fa",
-               "forest": "#26582a", "grass": "#64a53e", "water": "#2d64af", "sand": "#dac08c", "house": "#c4aa8c",
-               "roof": "#96372d"}
+# The toy world's painting colours (gradop.toy.world.PALETTE; a test keeps them in step). Forest and meadow share
+# one green range, snow and cloud one white, lake and sky one blue: the shades differ so bindings can tell them apart.
+# Written out so the widgets never import the toy world.
+TOY_PALETTE = {"sky": "#5f96de", "cloud": "#e6eaf1", "sun": "#ffe16e", "mountain": "#736676", "snow": "#f4f6fa",
+               "forest": "#2a662a", "grass": "#52983e", "water": "#3064b4", "sand": "#dac08c", "house": "#c4aa8c", "roof": "#96372d"}
 
 
 @dataclass
@@ -335,7 +335,9 @@ class SynthesisPanel(widgets.VBox):
     step (diffusers' `pipe._interrupt`); nothing joins the gallery then. The progress bar follows the
     pipeline's `callback_on_step_end`; an error is shown in the panel (the pad's strokes are only read,
     never changed). Every result joins the gallery with its settings; "Compare methods" runs all of them
-    on the same seed. In code, `generate()` and `compare()` run in the caller's thread.
+    on the same seed, each at its own default strength (GradOP+ 0.8, GradOP 0.6, SDEdit 0.8, Loopback 0.8),
+    and picking a method moves the strength slider to its default. In code, `generate()` and `compare()` run
+    in the caller's thread.
 
     Args:
         pipe (`GradOPPipeline`): the model, e.g. `load_pipeline("toy")`.
@@ -364,8 +366,9 @@ class SynthesisPanel(widgets.VBox):
         wide = widgets.Layout(width="420px")
         self.prompt = widgets.Text(value=prompt, description="prompt", style=style, layout=widgets.Layout(width="560px"))
         self.method = widgets.Dropdown(options=list(PANEL_METHODS), value="GradOP+", description="method", style=style)
-        self.strength = widgets.FloatSlider(value=0.8, min=0.0, max=1.0, step=0.05, description="strength",
-                                            style=style, layout=wide)
+        self.strength = widgets.FloatSlider(value=self.default_strength(self.method.value), min=0.0, max=1.0, step=0.05,
+                                            description="strength", style=style, layout=wide)
+        self.method.observe(self._on_method, "value")
         self.num_iterative_steps = widgets.IntSlider(value=3, min=0, max=10, description="iterative steps (K)",
                                                      style=style, layout=wide)
         self.grad_steps_per_iter = widgets.IntSlider(value=12, min=0, max=48, description="gradient steps (N)",
@@ -392,10 +395,21 @@ class SynthesisPanel(widgets.VBox):
             widgets.HBox([self.output]), self.gallery,
         ])
 
-    def synthesize(self, method: str | None = None) -> PIL.Image.Image | None:
-        """Run `method` (a `PANEL_METHODS` label; the dropdown's by default) on the pad's painting; errors propagate.
-        Returns None when stopped."""
+    @staticmethod
+    def default_strength(method: str) -> float | None:
+        """The strength `method` (a `PANEL_METHODS` label) has by default; None for one that takes no strength."""
+        return PANEL_METHODS[method].defaults.get("strength")
+
+    def _on_method(self, change) -> None:
+        strength = self.default_strength(change["new"])
+        if strength is not None:  # text-only sampling takes no strength: the slider stays where it is
+            self.strength.value = strength
+
+    def synthesize(self, method: str | None = None, strength: float | None = None) -> PIL.Image.Image | None:
+        """Run `method` (a `PANEL_METHODS` label; the dropdown's by default) on the pad's painting at `strength`
+        (the slider's by default); errors propagate. Returns None when stopped."""
         label = method or self.method.value
+        strength = float(self.strength.value if strength is None else strength)
         if label not in PANEL_METHODS:
             raise ValueError(f"method must be one of {list(PANEL_METHODS)}, got {label!r}")
         method = PANEL_METHODS[label]
@@ -414,20 +428,21 @@ class SynthesisPanel(widgets.VBox):
                       regions=regions, region_weight=float(self.region_weight.value), callback_on_step_end=on_step)
         if method.name == "text" and regions:  # the painting only gives the regions: at the output size
             kwargs["region_image"] = image.resize((self.work_width, self.work_height), PIL.Image.LANCZOS)
-        out = method(self.pipe, self.prompt.value, image, strength=float(self.strength.value),
+        out = method(self.pipe, self.prompt.value, image, strength=strength,
                      num_iterative_steps=int(self.num_iterative_steps.value),
                      grad_steps_per_iter=int(self.grad_steps_per_iter.value), **kwargs)
         return None if self._stop_requested else out.images[0]
 
-    def generate(self, method: str | None = None) -> PIL.Image.Image | None:
+    def generate(self, method: str | None = None, strength: float | None = None) -> PIL.Image.Image | None:
         """`synthesize`, then show the result; an error (or a stop) is shown in the panel and returns None."""
         method = method or self.method.value
+        strength = float(self.strength.value if strength is None else strength)
         self._stop_requested = False
         self.status.value = f"{method}: running…"
         self.generate_button.disabled = self.compare_button.disabled = True
         self.stop_button.disabled = False
         try:
-            image = self.synthesize(method)
+            image = self.synthesize(method, strength)
         except Exception as err:  # shown to the user in the panel; the pad is untouched
             self.last_error = err
             self.status.value = f"<span style='color:#b00'><b>{type(err).__name__}</b>: {html.escape(str(err))}</span>"
@@ -441,16 +456,19 @@ class SynthesisPanel(widgets.VBox):
             return None
         self.images.append(image)
         self.output.value = _png(image.resize((256, 256 * image.height // image.width), PIL.Image.NEAREST))
-        caption = f"{method}, seed {self.seed.value}" + (f", {len(self.pad.regions)} regions" if self.pad.regions else "")
+        takes_strength = "strength" in PANEL_METHODS[method].uses
+        caption = (f"{method}" + (f" {strength:g}" if takes_strength else "") + f", seed {self.seed.value}"
+                   + (f", {len(self.pad.regions)} regions" if self.pad.regions else ""))
         self.gallery.children = (self.gallery.children + (_tile(image, caption),))[-8:]
         self.status.value = f"{caption}: done ({len(self.pad.strokes)} stroke(s), image {image.width}x{image.height})"
         return image
 
     def compare(self) -> list[PIL.Image.Image | None]:
-        """Every method on the same painting, prompt and seed, into the gallery (a stop ends the comparison)."""
+        """Every method on the same painting, prompt and seed, each at its own default strength, into the gallery
+        (a stop ends the comparison)."""
         images = []
         for label in PANEL_METHODS:
-            images.append(self.generate(label))
+            images.append(self.generate(label, self.default_strength(label)))
             if self._stop_requested:
                 break  # generate() clears the request when it starts, so read it before the next one
         return images

@@ -1,8 +1,9 @@
 """A real browser: JupyterLab on 127.0.0.1 in headless Chromium (Debian's, driven by Playwright).
 
 Opens notebook 5, runs it, draws a stroke on the scribble pad with the mouse, clicks Generate, and checks
-that the kernel got the stroke and an image came back. The screenshot is kept in `test-artifacts/`
-(or `$GRADOP_TEST_ARTIFACTS`).
+that the kernel got the stroke and an image came back. The screenshots are kept in `test-artifacts/`
+(or `$GRADOP_TEST_ARTIFACTS`): the whole page, and `scribble_pad.png`, the pad and the panel after the run,
+which notebook 5 shows (copy it to `notebooks/images/` when the widgets' look changes).
 """
 import os
 import re
@@ -104,11 +105,25 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             page.get_by_text(re.compile(rf"^{before + 1} stroke\(s\)")).first.wait_for(timeout=60_000)
 
             page.get_by_role("button", name="Generate").click()
-            done = page.get_by_text(re.compile(rf"GradOP\+, seed 0[^:]*: done \({before + 1} stroke\(s\)"))
+            done = page.get_by_text(re.compile(rf"GradOP\+ 0\.8, seed 0[^:]*: done \({before + 1} stroke\(s\)"))
             done.wait_for(timeout=120_000)
             output = page.locator(".jp-OutputArea img.widget-image").first
             assert output.evaluate("img => img.complete && img.naturalWidth") > 0
             page.screenshot(path=str(artifacts / "browser_scribble_pad.png"), full_page=True)
+            # the pad and the panel after the run, side by side: what notebook 5 shows in place of live widgets
+            import PIL.Image
+            import PIL.ImageChops
+
+            shots = []
+            for i, name in ((1, "pad"), (2, "panel")):
+                path = artifacts / f"scribble_pad_{name}.png"
+                page.locator(".jp-CodeCell").nth(i).locator(".jp-OutputArea-output").last.screenshot(path=str(path))
+                shot = PIL.Image.open(path).convert("RGB")  # an output area is the page's width: trim the white
+                shots.append(shot.crop(PIL.ImageChops.difference(shot, PIL.Image.new("RGB", shot.size, "white")).getbbox()))
+            both = PIL.Image.new("RGB", (sum(im.width for im in shots) + 16, max(im.height for im in shots)), "white")
+            both.paste(shots[0], (0, 0))
+            both.paste(shots[1], (shots[0].width + 16, 0))
+            both.save(artifacts / "scribble_pad.png", optimize=True)
         except Exception:
             page.screenshot(path=str(artifacts / "browser_scribble_pad_failure.png"), full_page=True)
             raise

@@ -59,3 +59,16 @@ def test_timed_runs_once_to_warm_up_then_repeats():
 
     seconds, result = timed(work, repeats=3)
     assert len(calls) == 4 and result == 4 and 0.015 <= seconds < 0.2
+
+
+def test_every_loop_of_one_loopback_call_is_the_call_with_that_many_loops(pipe, painting):
+    from conftest import gen
+    from gradop.notebook import loopback_every_loop
+
+    every = loopback_every_loop(pipe, "a photo", painting, 3, strength=0.5, generator=gen(0), num_inference_steps=6)
+    assert len(every) == 3
+    for k in (1, 3):
+        alone = pipe.loopback("a photo", painting, strength=0.5, num_loops=k, generator=gen(0), num_inference_steps=6,
+                              output_type="pt").images
+        torch.testing.assert_close(every[k - 1], alone, atol=1e-6, rtol=0)
+    assert not torch.equal(every[0], every[2])  # the loops do change the image

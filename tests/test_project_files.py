@@ -83,3 +83,14 @@ def test_notebooks_are_clean(path):
 
 def test_there_are_five_numbered_notebooks():
     assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebooks_open_with_goals_close_with_a_summary_and_exercises(path):
+    cells = json.loads(path.read_text())["cells"]
+    prose = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "**What you will learn**" in prose and "## Summary" in prose
+    exercises = re.findall(r"^\d+\. ", prose.split("## Try this", 1)[-1], re.M) if "## Try this" in prose else []
+    assert len(exercises) >= 2, "at least two 'Try this' exercises"
+    for link in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", prose):  # pictures the prose shows are committed
+        assert (path.parent / link).is_file(), link

@@ -15,9 +15,14 @@ from gradop import GradOPPipeline, load_pipeline
 from gradop.metrics import realism, semantic_accuracy
 from gradop.models import TOY_MODEL, is_toy_model
 from gradop.toy.components import toy_tokenizer
-from gradop.toy.judge import judge_patches, load_judge
-from gradop.toy.train import HELD_OUT_SEED
-from gradop.toy.world import CLASSES, NAMED_SHARE, PHRASES, VOCABULARY, make_scene, preview
+from gradop.colors import extract_palette, parse_color, region_masks, to_hex
+from gradop.toy.evaluate import BINDING_WEIGHTS, binding_scenes
+from gradop.toy.components import PAINTING_SIGMA_FRACTION
+from gradop.toy.judge import load_judge, patch_labels
+from gradop.toy.train import HELD_OUT_SEED, as_tensor, texture_energy
+from gradop.painting import GaussianBlur
+from gradop.toy.world import (GRAIN_PERIOD, CLASSES, COLOR_GROUPS, MODALITIES, MODALITY_MIX, NAMED_MODALITY, NAMED_SHARE,
+                              PHOTO_GRAIN, PHRASES, RIGHT_MODALITY, VOCABULARY, label_colors, make_scene, photo_grain, preview)
 
 INPUT = Path(__file__).parent.parent / "input-images" / "toy"
 
@@ -25,7 +30,8 @@ INPUT = Path(__file__).parent.parent / "input-images" / "toy"
 # ---------------------------------------------------------------------- the world
 def test_scenes_are_deterministic_and_varied():
     a, b, c = make_scene(5), make_scene(5), make_scene(6)
-    assert np.array_equal(a.image, b.image) and np.array_equal(a.painting, b.painting) and a.caption == b.caption
+    assert all(np.array_equal(a.renders[m], b.renders[m]) for m in MODALITIES)
+    assert np.array_equal(a.painting, b.painting) and a.caption == b.caption
     assert not np.array_equal(a.image, c.image)
     seen = set()
     for seed in range(60):
@@ -33,22 +39,86 @@ def test_scenes_are_deterministic_and_varied():
     assert seen == set(range(len(CLASSES)))  # all 10 classes occur
 
 
-def test_captions_name_only_what_is_there_and_paintings_are_flat():
-    for seed in range(40):
-        s = make_scene(seed)
-        assert s.caption.startswith("a photo of ") and set(s.caption.split()) <= set(VOCABULARY)
+def test_captions_name_the_modality_for_a_share_of_scenes_and_only_what_is_there():
+    scenes = [make_scene(seed) for seed in range(300)]
+    modalities = [s.modality for s in scenes]
+    for m, share in zip(MODALITIES, MODALITY_MIX):
+        assert abs(modalities.count(m) / len(scenes) - share) < 0.08, m
+    named = [s for s in scenes if s.caption != s.description]
+    assert abs(len(named) / len(scenes) - NAMED_MODALITY) < 0.08
+    assert all(s.caption in [f"a {m} of {s.description}" for m in MODALITIES] for s in named)
+    right = sum(s.caption.startswith(f"a {s.modality} of") for s in named) / len(named)
+    assert abs(right - RIGHT_MODALITY) < 0.06  # the right modality, but for a share 1 - RIGHT_MODALITY
+    for s in scenes[:40]:
+        assert set(s.caption.split()) <= set(VOCABULARY) and s.prompt("cartoon") == f"a cartoon of {s.description}"
         for name in s.named_classes:
-            assert (s.labels == CLASSES.index(name)).mean() >= NAMED_SHARE, (seed, name, s.caption)
-        # the painting is flat where the photo is textured: neighbours differ (by > 8 levels) at edges only
-        changes = lambda a: (np.abs(np.diff(a.astype(int), axis=1)).sum(-1) > 8).mean()  # noqa: E731
-        assert changes(s.painting) < 0.1 and changes(s.image) > 0.4
+            assert (s.labels == CLASSES.index(name)).mean() >= NAMED_SHARE, (s.seed, name, s.caption)
+
+
+def test_the_three_modalities_look_different():
+    # photos are textured everywhere (the share of neighbours differing by > 8 levels); cartoons are outlined
+    changes = lambda a: (np.abs(np.diff(a.astype(int), axis=1)).sum(-1) > 8).mean()  # noqa: E731
+    for seed in range(20):
+        s = make_scene(seed)
+        assert changes(s.renders["photo"]) > 0.4, seed
+        border = np.zeros(s.labels.shape, bool)
+        border[:-1] |= s.labels[:-1] != s.labels[1:]
+        cartoon = s.renders["cartoon"].astype(int).sum(-1)
+        assert cartoon[border].mean() < 0.5 * cartoon[~border].mean(), seed
+
+
+def _grain_power_share(image):
+    """Share of the grey image's spectral power (DC left out) in the ring at the photo grain's period."""
+    grey = image.astype(float).mean(-1)
+    power = np.abs(np.fft.fft2(grey - grey.mean())) ** 2
+    k = np.fft.fftfreq(grey.shape[0]) * grey.shape[0]
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    radius, period_bin = np.hypot(kx, ky), grey.shape[0] / GRAIN_PERIOD
+    ring = (radius >= period_bin - 2) & (radius <= period_bin * np.sqrt(2) + 2)  # lines and checks
+    return power[ring].sum() / power.sum()
+
+
+def test_photos_carry_a_fine_grain_that_the_painting_function_does_not_see():
+    # a photo's classes carry a periodic grain at GRAIN_PERIOD (what tells a photo from a flat painting even under
+    # heavy noise); paintings and scribbles are flat fills, with nothing at that period but their edges
+    scenes = [make_scene(seed) for seed in range(10)]
+    shares = {kind: np.array([_grain_power_share(image(s)) for s in scenes]) for kind, image in
+              (("painting", lambda s: s.renders["painting"]), ("scribble", lambda s: s.painting), ("photo", lambda s: s.image))}
+    assert (shares["painting"] < 0.06).all() and (shares["scribble"] < 0.06).all(), shares
+    assert (shares["photo"] > 2 * np.maximum(shares["painting"], shares["scribble"])).all(), shares
+    # ... finer than the toy's painting function keeps: f leaves under 10 % of any class's grain
+    rng = np.random.default_rng(0)
+    for name in PHOTO_GRAIN:
+        grain = torch.from_numpy(photo_grain(rng, 64, 64, name)[..., 0]).float()[None, None].expand(1, 3, 64, 64) / 255 + 0.5
+        blurred = GaussianBlur.for_size(64, 64, PAINTING_SIGMA_FRACTION)(grain)
+        assert (blurred - 0.5).std() < 0.1 * (grain - 0.5).std(), name
+
+
+def test_colours_do_not_say_the_class():
+    scenes = [make_scene(seed) for seed in range(150)]
+    # forest and meadow draw their painted green from one range (and snow/cloud white, lake/sky blue): over many
+    # scenes the two classes' scribble colours have the same spread, so no colour threshold tells them apart
+    def colors(name):
+        found = [np.median(s.painting[s.labels == CLASSES.index(name)], axis=0) for s in scenes
+                 if (s.labels == CLASSES.index(name)).sum() >= 30]
+        return np.array(found)
+    forest, grass = colors("forest"), colors("grass")
+    assert len(forest) > 20 and len(grass) > 20
+    jitter = np.array(COLOR_GROUPS["green"][1])
+    assert (np.abs(forest.mean(0) - grass.mean(0)) < 0.3 * jitter + 2).all()
+    # forests also stand anywhere on the ground, not only on the horizon
+    rows = [np.nonzero(s.labels == CLASSES.index("forest"))[0].mean() for s in scenes
+            if (s.labels == CLASSES.index("forest")).any()]
+    assert np.ptp(rows) > 20
 
 
 def test_larger_scenes_and_preview(tmp_path):
     s = make_scene(3, (96, 128))
     assert s.image.shape == (96, 128, 3) and s.labels.shape == (96, 128)
+    assert all(r.shape == (96, 128, 3) for r in s.renders.values())
     grid = preview([0, 1], size=64)
-    assert grid.size[0] == 3 * 64 * 2
+    assert grid.size[0] == 5 * 64 * 2  # photo, painting, cartoon, scribble, labels
+    assert len({tuple(c) for c in label_colors()}) == len(CLASSES)  # a label map tells forest from meadow
     with pytest.raises(ValueError, match="at least 16"):
         make_scene(0, 8)
     done = subprocess.run([sys.executable, "-m", "gradop.toy.world", "--out", str(tmp_path / "p.png"), "--seeds", "1"],
@@ -66,20 +136,28 @@ def test_tokenizer_keeps_grammar_words_whole_and_spells_others():
 def test_toy_paintings_are_reproduced_and_their_manifest_is_usable():
     import importlib.util
 
+    import PIL.Image
+
     manifest = json.loads((INPUT / "manifest.json").read_text())
     spec = importlib.util.spec_from_file_location("draw_toy", INPUT / "draw_toy_paintings.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert sorted(manifest) == sorted(script.PAINTINGS)
+    shared = 0
     for name, entry in manifest.items():
-        seed = HELD_OUT_SEED + 500 + script.PAINTINGS[name]
-        assert np.array_equal(np.asarray(__import__("PIL.Image").Image.open(INPUT / name)),
-                              make_scene(seed, script.SIZE).painting)
-        assert set(entry["colors"].values()) <= set(entry["prompt"].split())
-
-
-# ---------------------------------------------------------------------- the bundled model and judge
-
+        scene = make_scene(script.PAINTINGS[name], script.SIZE)
+        assert script.PAINTINGS[name] >= HELD_OUT_SEED  # never a training scene
+        assert np.array_equal(np.asarray(PIL.Image.open(INPUT / name)), scene.painting)
+        assert entry["prompt"].startswith("a photo of ") and set(entry["colors"].values()) <= set(entry["prompt"].split())
+        masks = region_masks(scene.painting, list(entry["colors"]))
+        for (color, phrase), mask in zip(entry["colors"].items(), masks):  # each bound colour is its region
+            name_ = {"meadow": "grass", "lake": "water", "mountains": "mountain", "snowy": "snow", "clouds": "cloud"}.get(phrase, phrase)
+            assert (scene.labels[mask.numpy()] == CLASSES.index(name_)).mean() > 0.8, (name, phrase)
+        found = np.array([parse_color(c) for c, _ in extract_palette(scene.painting)])
+        for color in entry["colors"]:  # the palette the pad and notebook 4 show finds every bound colour
+            assert np.abs(found - np.array(parse_color(color))).max(1).min() <= 6, (name, color)
+        shared += {"forest", "meadow"} <= set(entry["colors"].values())
+    assert shared >= 2  # paintings whose one green covers a forest and a meadow, each bound
 
 def test_toy_model_loads_offline_fast_and_is_small(capsys):
     start = time.perf_counter()
@@ -91,41 +169,107 @@ def test_toy_model_loads_offline_fast_and_is_small(capsys):
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     folder = GradOPPipeline.from_pretrained(TOY_MODEL)
     assert type(folder.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.config.painting_sigma_fraction == folder.config.painting_sigma_fraction == PAINTING_SIGMA_FRACTION
+    assert type(pipe.painting_decoder).__name__ == "AutoencoderTiny"
 
 
-def test_toy_model_is_deterministic_and_makes_realistic_scenes():
+def _held_out(n, size=64):
+    return [make_scene(HELD_OUT_SEED + i, size) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def toy():
     pipe = load_pipeline("toy", verbose=False)
     pipe.set_progress_bar_config(disable=True)
-    captions = [make_scene(HELD_OUT_SEED + i).caption for i in range(4)]
-    a = pipe.text2img(captions, generator=[gen(i) for i in range(4)], output_type="pt").images
-    b = pipe.text2img(captions, generator=[gen(i) for i in range(4)], output_type="pt").images
+    return pipe
+
+
+def test_toy_model_is_deterministic_and_makes_realistic_scenes(toy):
+    scenes = _held_out(4)
+    prompts = [s.prompt("photo") for s in scenes]
+    a = toy.text2img(prompts, generator=[gen(i) for i in range(4)], output_type="pt").images
+    b = toy.text2img(prompts, generator=[gen(i) for i in range(4)], output_type="pt").images
     assert torch.equal(a, b)
-    assert realism(a, load_judge()).mean() >= 0.6  # loose version of the report's >= 0.8
-    verdicts = judge_patches(load_judge(), a)
-    named = [(v == CLASSES.index(c)).float().mean() >= 0.05 for i, v in enumerate(verdicts) for c in make_scene(HELD_OUT_SEED + i).named_classes]
-    assert sum(named) >= 0.5 * len(named)  # loose version of the report's >= 80 % of named classes present
-
-
-def test_vae_reconstructs_held_out_scenes():
-    pipe = load_pipeline("toy", verbose=False)
-    x = torch.stack([torch.from_numpy(make_scene(HELD_OUT_SEED + i).image) for i in range(4)]).permute(0, 3, 1, 2) / 255
-    with torch.no_grad():
-        recon = (pipe.vae.decode(pipe.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2
-    psnr = 10 * torch.log10(1 / (recon.clamp(0, 1) - x).square().mean())
-    assert psnr >= 22  # loose version of the report's >= 25 dB
-
-
-def test_judge_tells_paint_from_photo():
     judge = load_judge()
-    scenes = [make_scene(HELD_OUT_SEED + i) for i in range(4)]
-    photos = torch.stack([torch.from_numpy(s.image) for s in scenes]).permute(0, 3, 1, 2) / 255
-    paints = torch.stack([torch.from_numpy(s.painting) for s in scenes]).permute(0, 3, 1, 2) / 255
-    assert realism(photos, judge).min() > 0.8 and realism(paints, judge).max() < 0.3
-    s = scenes[0]
-    grass = torch.from_numpy(s.labels == CLASSES.index("grass"))
+    assert realism(a, judge).mean() >= 0.7  # loose version of the report's >= 0.85
+    verdicts = judge.verdicts(a)
+    named = [(v == CLASSES.index(c)).float().mean() >= 0.05 for v, s in zip(verdicts, scenes) for c in s.named_classes]
+    assert sum(named) >= 0.5 * len(named)  # the classes the prompt names mostly appear
+
+
+def test_vae_reconstructs_every_modality(toy):
+    # Pixel PSNR is the wrong yardstick here: the VAE keeps random-phase texture in amplitude, not pixel by
+    # pixel (train.py's texture term), so a photo comes back at ~19 dB even when it looks right. What the toy
+    # needs is measured instead: layout and colours as the painting function sees them, the texture's energy,
+    # the photo grain that tells a photo from a painting, and each render staying in its modality.
+    judge, scenes, f = load_judge(), _held_out(4), GaussianBlur.for_size(64, 64, PAINTING_SIGMA_FRACTION)
+    recons = {}
+    for m in MODALITIES:
+        x = as_tensor([s.renders[m] for s in scenes])
+        with torch.no_grad():
+            recons[m] = ((toy.vae.decode(toy.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+        assert 10 * torch.log10(1 / (f(recons[m]) - f(x)).square().mean()) >= 25, m  # measured 26.9-29.4 dB
+        assert texture_energy(recons[m]).mean() >= 0.7 * texture_energy(x).mean(), m  # measured 0.78-0.87
+        assert realism(recons[m], judge, m).mean() >= 0.9, m
+    grain = {m: [_grain_power_share((r.permute(1, 2, 0).numpy() * 255).astype(np.uint8)) for r in recons[m]]
+             for m in ("photo", "painting")}
+    assert all(p > 1.3 * q for p, q in zip(grain["photo"], grain["painting"])), grain  # measured 1.4-2.6x
+
+
+def test_judge_tells_the_modalities_and_the_classes_of_held_out_renders():
+    judge = load_judge()
+    scenes = _held_out(8)
+    for m in MODALITIES:  # loose versions of the report's >= 95 % per modality
+        assert realism(as_tensor([s.renders[m] for s in scenes]), judge, m).mean() >= 0.9, m
+    assert realism(as_tensor([s.painting for s in scenes]), judge, "painting").mean() >= 0.9  # scribbles are paintings
+    photos = as_tensor([s.image for s in scenes])
+    truth = patch_labels(torch.from_numpy(np.stack([s.labels for s in scenes])))
+    assert (judge.verdicts(photos)[truth >= 0] == truth[truth >= 0]).float().mean() >= 0.85  # report: >= 90 %
+    grass = torch.from_numpy(scenes[0].labels == CLASSES.index("grass"))
     assert semantic_accuracy(photos[:1], grass, "grass", judge).item() > 0.7
     with pytest.raises(ValueError, match="class_name must be one of"):
         semantic_accuracy(photos[:1], grass, "dragon", judge)
+    with pytest.raises(ValueError, match="modality must be one of"):
+        realism(photos, judge, "sketch")
+
+
+# ---------------------------------------------------------------------- the paper's phenomena, on the bundled model
+def test_sdedit_shows_the_domain_shift_and_gradop_plus_escapes_it(toy):
+    judge, scenes = load_judge(), _held_out(8)
+    prompts, paintings, gens = [s.prompt("photo") for s in scenes], [s.painting for s in scenes], lambda: [gen(i) for i in range(8)]
+    text = realism(toy.text2img(prompts, generator=gens(), output_type="pt").images, judge).mean()
+    sdedit = realism(toy.sdedit(prompts, paintings, 0.6, generator=gens(), output_type="pt").images, judge).mean()
+    plus = realism(toy.gradop_plus(prompts, paintings, generator=gens(), output_type="pt").images, judge).mean()
+    assert sdedit < text - 0.3, (sdedit, text)  # a noised painting stays a painting
+    # GradOP+ escapes it (these 8 scenes: 0.63 against SDEdit's 0.00, text-only 1.00). It does not keep all of
+    # the text-only samples' realism: on 64 scenes the report measures 0.84 against 1.00 (the >= 0.8 target)
+    assert plus > sdedit + 0.3, (plus, sdedit)
+
+
+def test_the_prompt_picks_the_modality(toy):
+    judge, scenes = load_judge(), _held_out(8)
+    for m in ("painting", "cartoon"):
+        images = toy.text2img([s.prompt(m) for s in scenes], generator=[gen(i) for i in range(8)], output_type="pt").images
+        assert realism(images, judge, m).mean() >= 0.7, m  # report: >= 0.85
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14, open: on the bundled model a binding moves a green region toward its "
+                   "phrase but does not yet decide its majority class (reports/toy/report.md, region semantics)")
+def test_a_binding_decides_what_one_green_becomes(toy):
+    judge = load_judge()
+    flips = []
+    for i, s in enumerate(binding_scenes(4)):
+        colors = {c: to_hex(np.median(s.painting[s.labels == CLASSES.index(c)], axis=0)) for c in ("forest", "grass")}
+        for forest_phrase, meadow_phrase in (("forest", "meadow"), ("meadow", "forest")):
+            image = toy.gradop_plus("a photo of a forest and a meadow", s.painting, generator=gen(i), output_type="pt",
+                                    regions={colors["forest"]: forest_phrase, colors["grass"]: meadow_phrase},
+                                    region_weight=BINDING_WEIGHTS[-1]).images
+            for region in ("forest", "grass"):
+                mask = torch.from_numpy(s.labels == CLASSES.index(region))
+                phrase = forest_phrase if region == "forest" else meadow_phrase
+                wanted, other = ("forest", "grass") if phrase == "forest" else ("grass", "forest")
+                flips.append(semantic_accuracy(image, mask, wanted, judge).item() > semantic_accuracy(image, mask, other, judge).item())
+    assert np.mean(flips) >= 0.6, flips  # the region's majority class follows its phrase (report: >= 70 %)
 
 
 def test_auto_falls_back_to_the_toy_model_offline(monkeypatch, tmp_path, capsys):
@@ -169,13 +313,39 @@ def test_training_smoke_run_writes_a_loadable_pipeline_and_resumes(tmp_path):
     assert vae_steps == [3, 5]
 
 
+def test_the_localisation_term_is_zero_when_words_and_their_pixels_attend_to_each_other():
+    from gradop.toy.train import caption_word_classes, localisation_loss
+
+    forest = CLASSES.index("forest")
+    masks = torch.zeros(1, len(CLASSES), 4, 4)
+    masks[0, forest, :, :2] = 1  # the forest is the left half
+    masks[0, CLASSES.index("grass"), :, 2:] = 1
+    words = torch.tensor([[-1, forest, -1, -1]])  # token 1 says "forest"; grass is not named
+    left = masks[0, forest].flatten().bool()
+    perfect = torch.zeros(1, 16, 4)
+    perfect[0, left, 1] = 1  # forest pixels look only at "forest", the others at token 0
+    perfect[0, ~left, 0] = 1
+    assert localisation_loss([perfect], masks, words).item() == pytest.approx(0)
+    # uniform attention: half of the word's attention is on the forest (1 - 0.5), and a forest pixel gives the
+    # word a quarter of its attention (1 - 0.25), 1.25 in all; the term averages its layers
+    uniform = torch.full((1, 16, 4), 0.25)
+    assert localisation_loss([uniform, perfect], masks, words).item() == pytest.approx(1.25 / 2)
+    assert localisation_loss([uniform], masks, torch.full((1, 4), -1)).item() == 0  # no class word: no term
+    tokenizer = toy_tokenizer()
+    classes = caption_word_classes(tokenizer, ["a photo of a forest near snowy mountains"])[0]
+    assert classes[:8].tolist() == [-1, -1, -1, -1, -1, forest, -1, CLASSES.index("snow")] and classes[8] == CLASSES.index("mountain")
+
+
 def test_the_widgets_palette_is_the_toy_worlds():
-    # gradop.widgets writes the toy world's class colours out (the library never imports gradop.toy)
-    from gradop.colors import to_hex
-    from gradop.toy.world import BASE_COLORS, ROOF_COLOR
+    # gradop.widgets writes the toy world's painting colours out (the library never imports gradop.toy)
+    from gradop.colors import extract_palette, parse_color, region_masks, to_hex
+    from gradop.toy.world import BASE_COLORS, PALETTE, ROOF_COLOR
     from gradop.widgets import TOY_PALETTE
 
-    assert TOY_PALETTE == {name: to_hex(rgb) for name, (rgb, _) in BASE_COLORS.items()} | {"roof": to_hex(ROOF_COLOR[0])}
+    assert TOY_PALETTE == {name: to_hex(rgb) for name, rgb in PALETTE.items()}
+    for name, rgb in PALETTE.items():  # every shade inside its class's painted range
+        base, jitter = ROOF_COLOR if name == "roof" else BASE_COLORS[name]
+        assert (np.abs(np.subtract(rgb, base)) <= np.array(jitter)).all(), name
 
 
 def test_the_library_core_never_imports_the_toy_world():
@@ -183,3 +353,12 @@ def test_the_library_core_never_imports_the_toy_world():
     toy_import = re.compile(r"^\s*(from\s+(\.|gradop\.)toy\b|import\s+gradop\.toy\b)", re.M)
     assert [p.name for p in core if toy_import.search(p.read_text())] == []
     assert toy_import.search("    from .toy.judge import load_judge")  # the pattern does find one
+
+
+def test_bootstrap_intervals_of_the_report():
+    from gradop.toy.evaluate import bootstrap, fmt
+
+    assert bootstrap([0.25] * 10) == (0.25, 0.25, 0.25)  # no spread, no interval
+    mean, lo, hi = bootstrap([0.0, 1.0, float("nan")] * 20)  # NaNs (regions with no whole patch) are dropped
+    assert mean == 0.5 and 0.3 < lo < 0.5 < hi < 0.7  # binomial: 0.5 ± 1.96·√(0.25/40) = 0.5 ± 0.155
+    assert fmt((0.5, 0.4, 0.6)) == "0.50 [0.40, 0.60]"

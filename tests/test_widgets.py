@@ -244,6 +244,9 @@ def test_compare_runs_every_method_on_the_same_seed(panel):
     assert len(panel.gallery.children) == 5
     assert len(images) == len(PANEL_METHODS) == 5  # every method of gradop.methods
     assert len({np.asarray(im).tobytes() for im in images}) == 5  # five different methods, five different images
+    captions = [tile.children[1].value for tile in panel.gallery.children]
+    for caption, expected in zip(captions, ("GradOP+ 0.8,", "GradOP 0.6,", "SDEdit 0.8,", "Loopback 0.8,", "Text only,")):
+        assert expected in caption, captions  # each method at its own default strength (the pipeline's signature)
     with pytest.raises(ValueError, match="method"):
         panel.synthesize("img2img")
 
@@ -271,3 +274,11 @@ def test_stop_ends_a_run_after_step_k_and_the_panel_works_again(panel, pipe, pad
     reference = pipe.gradop_plus("a red house", pad.image, 0.8, 3, 12, num_inference_steps=10, height=40, width=64,
                                  generator=gen(0)).images[0]
     np.testing.assert_array_equal(np.asarray(image), np.asarray(reference))
+
+
+def test_picking_a_method_moves_the_strength_slider_to_its_default(panel):
+    for label, strength in (("GradOP", 0.6), ("SDEdit", 0.8), ("GradOP", 0.6)):
+        panel.method.value = label
+        assert panel.strength.value == strength, label
+    panel.method.value = "Text only"  # takes no strength: the slider stays
+    assert panel.strength.value == 0.6

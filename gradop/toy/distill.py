@@ -5,7 +5,8 @@ GradOP+ can differentiate through instead of the full decoder (`painting_decoder
 
 The optimisation decodes *noisy* latents (GradOP+ works on z_t early in the schedule), so the student
 learns the teacher on z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε at every noise level, not only on clean latents.
-Loss: L1 on the images plus L1 on their Gaussian-blurred versions (what the painting loss compares).
+Loss: L1 on the images plus L1 on their blurred versions (the toy's painting function: what the painting loss
+compares). The latents come from every modality's renders (GradOP+ decodes photos, paintings and cartoons alike).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler
 from tqdm.auto import tqdm
 
 from ..painting import GaussianBlur
-from .train import decode_images, encode_posteriors, scenes_tensors
-from .world import make_scene
+from .components import IMAGE_SIZE, PAINTING_SIGMA_FRACTION
+from .train import as_tensor, decode_images, encode_posteriors
+from .world import MODALITIES, make_scene
 
 PACKAGE = Path(__file__).parent
 TINY_DECODER = PACKAGE / "model" / "painting_decoder"  # the toy pipeline's painting_decoder component
@@ -40,12 +42,13 @@ def distill(args) -> Path:
     teacher = AutoencoderKL.from_pretrained(PACKAGE / "model" / "vae").eval().requires_grad_(False)
     scale = teacher.config.scaling_factor
     alphas_cumprod = DDIMScheduler.from_pretrained(PACKAGE / "model" / "scheduler").alphas_cumprod
-    images, *_ = scenes_tensors([make_scene(seed) for seed in tqdm(range(args.scenes), desc="scenes")])
+    scenes = [make_scene(seed) for seed in tqdm(range(args.scenes), desc="scenes")]
+    images = as_tensor([s.renders[MODALITIES[i % len(MODALITIES)]] for i, s in enumerate(scenes)])  # every modality
     means, stds = encode_posteriors(teacher, images)
     student = tiny_decoder(scale)
     optimizer = torch.optim.Adam(student.decoder.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
-    blur = GaussianBlur()
+    blur = GaussianBlur.for_size(IMAGE_SIZE, IMAGE_SIZE, PAINTING_SIGMA_FRACTION)  # the toy's painting function
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     for step in (bar := tqdm(range(args.steps), desc="distil")):
@@ -70,6 +73,11 @@ def distill(args) -> Path:
     config = json.loads((args.out / "config.json").read_text())
     config.pop("block_out_channels", None)
     (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    index = args.out.parent / "model_index.json"
+    if args.out.resolve() == TINY_DECODER.resolve() and index.is_file():  # make it the toy pipeline's component
+        entries = json.loads(index.read_text())
+        entries["painting_decoder"] = ["diffusers", "AutoencoderTiny"]
+        index.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
     print(f"distilled in {(time.perf_counter() - start) / 60:.1f} min, final loss {loss.item():.4f}; wrote {args.out}")
     return args.out
 
@@ -78,7 +86,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=TINY_DECODER)
     p.add_argument("--scenes", type=int, default=3000, help="training scenes (seeds 0 up; never the held-out ones)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
