@@ -332,7 +332,9 @@ def test_the_localisation_term_is_zero_when_words_and_their_pixels_attend_to_eac
     assert localisation_loss([uniform, perfect], masks, words).item() == pytest.approx(1.25 / 2)
     assert localisation_loss([uniform], masks, torch.full((1, 4), -1)).item() == 0  # no class word: no term
     tokenizer = toy_tokenizer()
-    classes = caption_word_classes(tokenizer, ["a photo of a forest near snowy mountains"])[0]
+    ids = tokenizer(["a photo of a forest near snowy mountains"], padding="max_length", max_length=77,
+                    return_tensors="pt").input_ids
+    classes = caption_word_classes(tokenizer, ids)[0]
     assert classes[:8].tolist() == [-1, -1, -1, -1, -1, forest, -1, CLASSES.index("snow")] and classes[8] == CLASSES.index("mountain")
 
 

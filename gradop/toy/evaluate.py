@@ -261,17 +261,17 @@ def painting_scale(photos, scribbles, chosen, sigmas=(0.5, 0.875, 1.0, 1.5, 2.0,
     return lines
 
 
-def region_semantics(pipe, judge, count):
+def region_semantics(pipe, judge, count, weights=BINDING_WEIGHTS):
     """Unbound, bound, swapped and negative runs of GradOP+ on scenes whose forest and meadow are both
-    painted green; the share of each region's patches judged each class."""
+    painted green, at each w' of `weights`; the share of each region's patches judged each class."""
     scenes = binding_scenes(count)
     forest, grass = CLASSES.index("forest"), CLASSES.index("grass")
     runs = {"unbound": lambda c: None}
-    for w in BINDING_WEIGHTS:
+    for w in weights:
         runs[f"bound w'={w}"] = lambda c, w=w: ({c["forest"]: "forest", c["grass"]: "meadow"}, w)
         runs[f"swapped w'={w}"] = lambda c, w=w: ({c["forest"]: "meadow", c["grass"]: "forest"}, w)
-    runs[f"forest kept out of its region (ρ = -1), w'={BINDING_WEIGHTS[-1]}"] = (
-        lambda c: ({c["forest"]: ("forest", -1.0)}, BINDING_WEIGHTS[-1]))
+    runs[f"forest kept out of its region (ρ = -1), w'={weights[-1]}"] = (
+        lambda c: ({c["forest"]: ("forest", -1.0)}, weights[-1]))
     shares = {k: {"forest region → forest": [], "meadow region → meadow": [], "forest region → meadow": [],
                   "meadow region → forest": []} for k in runs}
     for i, s in enumerate(scenes):
@@ -300,7 +300,7 @@ def region_semantics(pipe, judge, count):
         lines.append(f"| {name} | " + " | ".join(fmt(bootstrap(v)) for v in table.values()) + " |")
     checks = []
     unbound = np.nanmean(shares["unbound"]["forest region → forest"] + shares["unbound"]["meadow region → meadow"])
-    for w in BINDING_WEIGHTS:
+    for w in weights:
         bound = shares[f"bound w'={w}"]
         each = [np.nanmean(bound["forest region → forest"]), np.nanmean(bound["meadow region → meadow"])]
         both = np.nanmean(bound["forest region → forest"] + bound["meadow region → meadow"])

@@ -104,11 +104,12 @@ def texture_energy(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
 WORD_CLASSES = {phrase: CLASSES.index(name) for name, phrase in PHRASES.items()}  # "meadow" -> grass, ...
 
 
-def caption_word_classes(tokenizer, captions) -> torch.Tensor:
-    """[N, T] the class each caption token names (`PHRASES`), -1 for every other token."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
-    by_id = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word)[0]): c for word, c in WORD_CLASSES.items()}
-    return torch.tensor([[by_id.get(i, -1) for i in row] for row in ids])
+def caption_word_classes(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """[N, T] the class each token of the encoded captions `ids` names (`PHRASES`), -1 for every other token."""
+    classes = torch.full_like(ids, -1)
+    for word, c in WORD_CLASSES.items():
+        classes[ids == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word)[0])] = c
+    return classes
 
 
 class AttentionRecorder:
@@ -309,10 +310,11 @@ def train(args) -> None:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    word_classes = caption_word_classes(tokenizer, captions)
-    latent_side = means.shape[-1]
-    class_masks = F.avg_pool2d(F.one_hot(world["labels"], len(CLASSES)).permute(0, 3, 1, 2).float(),
-                               world["labels"].shape[-1] // latent_side)  # [N, C, h, w] class shares per latent pixel
+    localised = args.attention_weight > 0
+    if localised:  # what the localisation term reads: the words' classes, the class shares per latent pixel
+        word_classes = caption_word_classes(tokenizer, ids)
+        class_masks = F.avg_pool2d(F.one_hot(world["labels"], len(CLASSES)).permute(0, 3, 1, 2).float(),
+                                   world["labels"].shape[-1] // means.shape[-1])  # [N, C, h, w]
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -320,7 +322,7 @@ def train(args) -> None:
     unet.to(device).train()
     text_encoder.to(device).train()
     recorder, own_processors = AttentionRecorder(), dict(unet.attn_processors)
-    if args.attention_weight:
+    if localised:
         unet.set_attn_processor({name: recorder if ".attn2." in name else processor
                                  for name, processor in unet.attn_processors.items()})
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -337,18 +339,21 @@ def train(args) -> None:
     scale = vae.config.scaling_factor
 
     def unet_loss(step):
-        mean, std, tokens, masks, words = batch_of([means, stds, ids, class_masks, word_classes], args.batch_size)
+        # (the batch's draws do not depend on how many tensors it gathers: the same batches with the term or without)
+        mean, std, tokens, *located = batch_of([means, stds, ids] + ([class_masks, word_classes] if localised else []),
+                                               args.batch_size)
         latents = (mean + std * torch.randn_like(std)) * scale
         drop = torch.rand(len(tokens), device=device) < 0.1  # the unconditional prompt "" for guidance
         tokens = torch.where(drop[:, None], empty.to(device), tokens)
-        words = torch.where(drop[:, None], -1, words)
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (len(latents),), device=device)
         noisy = noise_schedule.add_noise(latents, noise, t)
         recorder.maps.clear()
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(tokens)[0]).sample
         loss = F.mse_loss(prediction, noise)
-        if args.attention_weight:
+        if localised:
+            masks, words = located
+            words = torch.where(drop[:, None], -1, words)  # a dropped caption names nothing
             loss = loss + args.attention_weight * localisation_loss(recorder.maps, masks, words)
         return loss
 
