@@ -99,7 +99,7 @@ def test_colours_do_not_say_the_class():
     # forest and meadow draw their painted green from one range (and snow/cloud white, lake/sky blue): over many
     # scenes the two classes' scribble colours have the same spread, so no colour threshold tells them apart
     def colors(name):
-        found = [np.median(s.painting[s.labels == CLASSES.index(name)], axis=0) for s in scenes
+        found = [s.painted_color(name) for s in scenes
                  if (s.labels == CLASSES.index(name)).sum() >= 30]
         return np.array(found)
     forest, grass = colors("forest"), colors("grass")
@@ -259,7 +259,7 @@ def test_a_binding_decides_what_one_green_becomes(toy):
     judge = load_judge()
     flips = []
     for i, s in enumerate(binding_scenes(4)):
-        colors = {c: to_hex(np.median(s.painting[s.labels == CLASSES.index(c)], axis=0)) for c in ("forest", "grass")}
+        colors = {c: to_hex(s.painted_color(c)) for c in ("forest", "grass")}
         for forest_phrase, meadow_phrase in (("forest", "meadow"), ("meadow", "forest")):
             image = toy.gradop_plus("a photo of a forest and a meadow", s.painting, generator=gen(i), output_type="pt",
                                     regions={colors["forest"]: forest_phrase, colors["grass"]: meadow_phrase},

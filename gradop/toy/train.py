@@ -101,6 +101,16 @@ def texture_energy(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
 # region bound to "forest" judged forest 0.45 against 0.14 unbound (8 scenes, w' = 1; 0.06 / 0.00 without the
 # term), but text-only "a photo of" samples judged photo 0.37 instead of 1.00: the pixels stop listening to
 # "photo". Off by default until a variant keeps the modality.
+# Stop 26 measured why the bias alone cannot decide content here: in the bundled model's text2img samples of
+# "a photo of a forest and a meadow" every pixel gives "forest" 0.015 of its attention, over forest and meadow
+# alike (8 samples; 1/77 = 0.013): the UNet reads the caption as a near-uniform average over all 77 tokens, the
+# end tokens carrying the caption, and decides the layout in its convolutions, so more attention on a word in a
+# region is not "this word here". A text encoder without transformer layers (each token only its word, nothing
+# pooled into the end tokens; one 27-min UNet retrain) made the class words count (text2img "forest" 0.19 of the
+# patches instead of 0.05; a one-green forest region judged forest 0.40 unbound instead of 0.05), but the attention
+# stayed even (0.048 per pixel on forest, 0.045 on meadow), binding hardly moved content (0.47 bound vs 0.40
+# unbound at w' = 0.4), and the domain shift went (SDEdit s = 0.6 judged photo 0.78 on 16 scenes, not 0.11): the
+# modality word then switches the look outright. With the word-side term added (1500 steps): SDEdit 0.97.
 WORD_CLASSES = {phrase: CLASSES.index(name) for name, phrase in PHRASES.items()}  # "meadow" -> grass, ...
 
 

@@ -98,6 +98,10 @@ class Scene:
         """"a <modality> of <description>": the prompt of an experiment that wants `modality`."""
         return f"a {modality} of {self.description}"
 
+    def painted_color(self, name: str) -> np.ndarray:
+        """The colour class `name` is scribbled in here: the median over its pixels of `painting` (float RGB)."""
+        return np.median(self.painting[self.labels == CLASSES.index(name)], axis=0)
+
     @property
     def named_classes(self) -> list[str]:
         """The classes the caption names."""

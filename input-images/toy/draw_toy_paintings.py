@@ -11,13 +11,12 @@ green (two shades of one colour range): only their binding says which region is 
 import json
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 
 from gradop.regions import to_hex
 from gradop.toy.evaluate import region_bindings
 from gradop.toy.train import HELD_OUT_SEED
-from gradop.toy.world import CLASSES, make_scene
+from gradop.toy.world import make_scene
 
 HERE = Path(__file__).parent
 SIZE = 256
@@ -34,8 +33,7 @@ ONE_GREEN = ("forest_meadow.png", "wood_by_a_beach.png")  # a forest and a meado
 def entry(name, scene):
     if name not in ONE_GREEN:
         return {"prompt": scene.prompt("photo"), "colors": region_bindings(scene)}
-    green = {to_hex(np.median(scene.painting[scene.labels == CLASSES.index(c)], axis=0)): phrase
-             for c, phrase in (("forest", "forest"), ("grass", "meadow"))}
+    green = {to_hex(scene.painted_color(c)): phrase for c, phrase in (("forest", "forest"), ("grass", "meadow"))}
     return {"prompt": "a photo of a forest and a meadow", "colors": green}
 
 
