@@ -356,7 +356,10 @@ def start_many_images(tmp_path):
     command = [sys.executable, "-m", "gradop", "--model", "tiny", "--method", "text", "--prompt", "a fox", "--steps", "10",
                "--height", "64", "--width", "64", "--num-images", "400", "--batch-size", "2", "--output", str(out)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal: a test run started in the background (`nohup ... &`) passes SIGINT down ignored, and
+    # the CLI then never sees it (it made all its images and exited 0 in such a CI run)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out.parent / "img_0.png").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
