@@ -16,7 +16,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-INPUT_IMAGES = Path(__file__).resolve().parents[1] / "input-images"
+REPOSITORY = Path(__file__).resolve().parents[1]
+INPUT_IMAGES = REPOSITORY / "input-images"
 
 
 @dataclass
@@ -150,6 +151,13 @@ def timed(fn, repeats: int = 3):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times)), result
+
+
+def report_rows(*starts: str, report: str = "reports/toy/report.md") -> str:
+    """The lines of a markdown report of the repository (the toy's by default) that begin with one of `starts`,
+    e.g. `report_rows("| method", "| GradOP+ N=12 |")` for a table's header and one row."""
+    lines = (REPOSITORY / report).read_text().splitlines()
+    return "\n".join(line for line in lines if line.startswith(starts))
 
 
 def loopback_every_loop(pipe, prompts, images, num_loops: int, strength: float = 0.6, generator=None,

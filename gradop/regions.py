@@ -110,6 +110,11 @@ class RegionBinding:
     def biased(self) -> bool:
         return self.sigma is not None
 
+    @property
+    def bias_scale(self) -> float:
+        """w' log(1 + σ_t) of the current step: λ_t = bias_scale · max(QKᵀ/√d)."""
+        return self.region_weight * math.log1p(self.sigma)
+
     def start_step(self, index: int, num_steps: int, timestep) -> None:
         """Called by the sampling loop before each UNet evaluation: sets σ_t while the bias applies."""
         active = index < self.step_fraction * num_steps and self.masks.shape[1] and self.region_weight
@@ -191,14 +196,16 @@ def warn_empty_regions(masks: torch.Tensor, regions: list[Region], name: str) ->
 
 
 # ---------------------------------------------------------------------- attention
-def region_bias(scores: torch.Tensor, bias: torch.Tensor, region_weight: float, sigma: float) -> torch.Tensor:
+def region_bias(scores: torch.Tensor, bias: torch.Tensor, scale) -> torch.Tensor:
     """λ_t W, the term added to the attention scores: λ_t = w' log(1 + σ_t) max(QKᵀ/√d).
 
-    `scores` `[B, heads, N, T]` are QKᵀ/√d; `bias` `[B, N, T]` is W. The max is taken per image and
-    head, and as 0 if negative, so a positive weight always raises the bound tokens.
+    `scores` `[B, heads, N, T]` are QKᵀ/√d; `bias` `[B, N, T]` is W; `scale` is w' log(1 + σ_t), one
+    number or `[B]`, one per image (the toy's training draws them per image). The max is taken per image
+    and head, and as 0 if negative, so a positive weight always raises the bound tokens.
     """
     peak = scores.amax(dim=(-2, -1), keepdim=True).clamp_min(0)  # max(QKᵀ/√d)
-    return region_weight * math.log1p(sigma) * peak * bias[:, None].to(scores)
+    scale = torch.as_tensor(scale, dtype=scores.dtype, device=scores.device).reshape(-1, 1, 1, 1)
+    return scale * peak * bias[:, None].to(scores)
 
 
 def biased_attention(attn, hidden_states, encoder_hidden_states, binding=None, temb=None):
@@ -226,8 +233,7 @@ def biased_attention(attn, hidden_states, encoder_hidden_states, binding=None, t
 
     scores = query.float() @ key.float().transpose(-1, -2) * attn.scale  # QKᵀ/√d, [B, heads, N, T]
     if binding is not None and binding.biased:
-        scores = scores + region_bias(scores, binding.bias(scores.shape[-2], scores.device), binding.region_weight,
-                                      binding.sigma)
+        scores = scores + region_bias(scores, binding.bias(scores.shape[-2], scores.device), binding.bias_scale)
     probs = scores.softmax(dim=-1)
 
     out = (probs.to(value.dtype) @ value).transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)

@@ -141,8 +141,8 @@ def test_biased_attention_matches_the_formula_by_hand():
     bias[:, :10, 2:4] = 1.0
     bias[1, 15:, 5] = -0.5
 
-    class Binding:  # what biased_attention reads of a RegionBinding: w' = 0.5, log(1 + σ_t) = 1.4
-        biased, region_weight, sigma = True, 0.5, math.expm1(1.4)
+    class Binding:  # what biased_attention reads of a RegionBinding: w' log(1 + σ_t) = 0.5 · 1.4
+        biased, bias_scale = True, 0.5 * 1.4
 
         def bias(self, num_queries, device):
             return bias

@@ -1,6 +1,6 @@
 """Train the toy model and its judge from a seed: `python -m gradop.toy.train`.
 
-Three stages, each resumable from its last checkpoint in `--work-dir`:
+Four stages, each resumable from its last checkpoint in `--work-dir`:
 
 1. VAE — L1 on pixels and on pixel differences, a texture-energy term (random-phase texture is kept
    in amplitude, not averaged away) and a small KL term, on every modality's renders and on the
@@ -13,8 +13,11 @@ Three stages, each resumable from its last checkpoint in `--work-dir`:
 3. UNet + text encoder — the epsilon objective on SD's noise schedule over each scene in its own
    modality with its caption (`gradop.toy.world`: photos, paintings and cartoons, the modality
    named in only part of the captions), captions dropped 10 % of the time for classifier-free
-   guidance, an exponential moving average of the weights. `--attention-weight` adds an experimental
-   term (`localisation_loss`, off by default: the bundled model is trained without it).
+   guidance, an exponential moving average of the weights.
+4. Binding — a short fine-tune of the UNet and text encoder with `gradop.regions`' paint-with-words
+   bias on the true class masks of half of each batch, so that a phrase turned up in a region
+   decides what the region becomes, as Stable Diffusion's cross-attention learns from its captions
+   (`TrainingBinding`).
 
 The pipeline folder (safetensors) and the judge are written to `--out` (the package by default).
 Losses go to `<work-dir>/log.jsonl`. Training scenes use seeds [0, --scenes); evaluation uses
@@ -93,25 +96,22 @@ def texture_energy(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
     return F.avg_pool2d((images - smooth).abs(), cell)
 
 
-# ---------------------------------------------------------------------- where a class word looks
-# Stable Diffusion's cross-attention learns from its data that "forest" looks at the forest. The bundled toy does
-# not (text2img "a photo of a forest" and "... of a meadow" both give 5 % forest patches), so a painted region
-# bound to "forest" has nothing to become. `--attention-weight` adds a term that asks class words and their
-# class's pixels to attend to each other. Measured (issue 14, stop 25; 0.1, otherwise the defaults): a forest
-# region bound to "forest" judged forest 0.45 against 0.14 unbound (8 scenes, w' = 1; 0.06 / 0.00 without the
-# term), but text-only "a photo of" samples judged photo 0.37 instead of 1.00: the pixels stop listening to
-# "photo". Off by default until a variant keeps the modality.
-# Stop 26 measured why the bias alone cannot decide content here: in the bundled model's text2img samples of
-# "a photo of a forest and a meadow" every pixel gives "forest" 0.015 of its attention, over forest and meadow
-# alike (8 samples; 1/77 = 0.013): the UNet reads the caption as a near-uniform average over all 77 tokens, the
-# end tokens carrying the caption, and decides the layout in its convolutions, so more attention on a word in a
-# region is not "this word here". A text encoder without transformer layers (each token only its word, nothing
-# pooled into the end tokens; one 27-min UNet retrain) made the class words count (text2img "forest" 0.19 of the
-# patches instead of 0.05; a one-green forest region judged forest 0.40 unbound instead of 0.05), but the attention
-# stayed even (0.048 per pixel on forest, 0.045 on meadow), binding hardly moved content (0.47 bound vs 0.40
-# unbound at w' = 0.4), and the domain shift went (SDEdit s = 0.6 judged photo 0.78 on 16 scenes, not 0.11): the
-# modality word then switches the look outright. With the word-side term added (1500 steps): SDEdit 0.97.
+# ---------------------------------------------------------------------- what a word turned up in a region does
+# Stable Diffusion's cross-attention learns from its captions that a pixel becomes the word it attends to, which
+# is what makes a paint-with-words binding decide content. The toy's UNet does not learn it from its data: its
+# attention is near-uniform (text2img "a photo of a forest and a meadow": every pixel gives "forest" 0.015 of its
+# attention, forest and meadow pixels alike; 1/77 = 0.013), it reads the caption as an average and decides the
+# layout in its convolutions, so binding hardly changed a region (a forest region bound to "forest" judged forest
+# 0.12 against 0.05 unbound). Terms asking the attention to localise lost the domain shift (issue 14, stops 25-26:
+# binding 0.45 but text-only photo realism 0.37; or SDEdit s = 0.6 judged photo 0.78-0.97 instead of 0.11). What
+# works is to show the UNet the bias itself: stage 4 fine-tunes it with `gradop.regions`' bias on the true class
+# masks of part of each batch, so a word turned up in a region is what the region is, and the UNet learns to
+# follow it. Stop 27 (the report, 24 held-out one-green scenes, w' = 1): forest and meadow regions judged their
+# bound class 0.73 each (0.49 unbound), a negative weight lowers forest 0.25 -> 0.09, SDEdit s = 0.6 still judged
+# photo 0.05. (The same stop fixed `random_batch`, which had reversed half of the captions' token ids.)
 WORD_CLASSES = {phrase: CLASSES.index(name) for name, phrase in PHRASES.items()}  # "meadow" -> grass, ...
+BINDING_WEIGHT_RANGE = (0.2, 2.0)  # w' drawn log-uniformly per image in stage 4; the report binds at 0.4 and 1
+BINDING_NEGATIVE_SHARE = 0.3  # of the bound images, those whose words are also kept out of the other pixels (ρ = -1)
 
 
 def caption_word_classes(tokenizer, ids: torch.Tensor) -> torch.Tensor:
@@ -122,44 +122,39 @@ def caption_word_classes(tokenizer, ids: torch.Tensor) -> torch.Tensor:
     return classes
 
 
-class AttentionRecorder:
-    """Cross-attention processor for training: the layer's own computation (`biased_attention`, unbiased),
-    keeping the head-averaged probabilities `[B, N, T]` with their gradients in `self.maps`."""
+class TrainingBinding:
+    """`gradop.regions`' bias on a training batch, in the form `biased_attention` reads: image b's class words
+    turned up on its true class masks, W[i, j] = Σ_c M_c[i] 1[j names c], and where `negative`, also kept out of
+    the other pixels (ρ = -1 there); `bias_scale` [B] is w'_b log(1 + σ_t) per image, 0 for an unbound image.
+
+    `class_masks` [B, C, h, w] are the class shares at the latent size; `word_classes` [B, T] (-1: no class)."""
+
+    biased = True
+
+    def __init__(self, class_masks, word_classes, negative, bias_scale):
+        named = (word_classes >= 0).float()[..., None]
+        self.words = F.one_hot(word_classes.clamp_min(0), class_masks.shape[1]).float() * named  # [B, T, C]
+        self.class_masks, self.negative, self.bias_scale = class_masks, negative.float(), bias_scale
+
+    def bias(self, num_queries: int, device) -> torch.Tensor:
+        side = int(round((self.class_masks.shape[-2] * self.class_masks.shape[-1] / num_queries) ** 0.5))
+        masks = F.avg_pool2d(self.class_masks, side).flatten(2)  # [B, C, N] at the layer's resolution
+        inside = torch.einsum("bcn,btc->bnt", masks, self.words)
+        outside = torch.einsum("bcn,btc->bnt", 1 - masks, self.words)
+        return (inside - self.negative[:, None, None] * outside).to(device)
+
+
+class TrainingBindingProcessor:
+    """Cross-attention processor for stage 4: the layer's own computation (`biased_attention`) with the bias
+    of the current batch, `self.binding`."""
 
     def __init__(self):
-        self.maps: list[torch.Tensor] = []
+        self.binding: TrainingBinding | None = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         from ..regions import biased_attention
 
-        out, probs = biased_attention(attn, hidden_states, encoder_hidden_states, temb=temb)
-        self.maps.append(probs.mean(1))
-        return out
-
-
-def localisation_loss(maps, class_masks, word_classes) -> torch.Tensor:
-    """How far the cross-attention is from "each class word and its class's pixels attend to each other".
-
-    Two terms, each 1 − a share, averaged over the layers: the share of a class word's attention (over the
-    pixels) that falls on its class, and the share of a pixel's attention (over the words) that goes to the
-    words naming its class, for pixels of a named class. The second is what a region binding turns up, so a
-    bound word then decides the region's content instead of pushing the UNet off what it was trained on.
-
-    `maps` [B, N, T] per layer; `class_masks` [B, C, H, W] per-pixel class shares at the latent size;
-    `word_classes` [B, T] (-1: not a class word)."""
-    named = word_classes >= 0
-    if not named.any():
-        return class_masks.new_zeros(())
-    onehot = F.one_hot(word_classes.clamp_min(0), class_masks.shape[1]).float() * named[..., None]  # [B, T, C]
-    losses = []
-    for probs in maps:
-        side = int(round((class_masks.shape[-2] * class_masks.shape[-1] / probs.shape[1]) ** 0.5))
-        masks = F.avg_pool2d(class_masks, side).flatten(2)  # [B, C, N]
-        on_class = torch.einsum("bnt,bcn,btc->bt", probs, masks, onehot) / probs.sum(1).clamp_min(1e-8)
-        to_words = torch.einsum("bnt,btc->bcn", probs, onehot)  # pixel n's attention to the words of class c
-        pixels = masks * (onehot.sum(1) > 0)[..., None]  # [B, C, N], pixels of the classes the caption names
-        losses.append((1 - on_class)[named].mean() + ((1 - to_words) * pixels).sum() / pixels.sum().clamp_min(1e-8))
-    return torch.stack(losses).mean()
+        return biased_attention(attn, hidden_states, encoder_hidden_states, self.binding, temb=temb)[0]
 
 
 @torch.no_grad()
@@ -177,6 +172,21 @@ def validate_judge(judge, vae, scenes: int = 64) -> dict:
                 pure = truth >= 0
                 result[f"{kind} {how}: class"] = (judge.verdicts(images)[pure] == truth[pure]).float().mean().item()
     return result
+
+
+def random_batch(tensors, size: int, generator: torch.Generator, device="cpu") -> list[torch.Tensor]:
+    """The same `size` random rows of each of `tensors`, half of them mirrored left to right (the world's grammar
+    has no left or right). Only tensors of 3 or more dims are mirrored (images, latents, label maps): the token
+    ids of captions and per-image labels are not (flipping their last dim would reverse a caption's words)."""
+    index = torch.randint(0, len(tensors[0]), (size,), generator=generator)
+    flip = torch.rand(size, generator=generator) < 0.5
+    out = []
+    for t in tensors:
+        b = t[index]
+        if b.ndim >= 3:
+            b[flip] = b[flip].flip(-1)
+        out.append(b.to(device))
+    return out
 
 
 class Stage:
@@ -253,15 +263,7 @@ def train(args) -> None:
     world = world_tensors(drawn)
     captions = world["captions"]
     def batch_of(tensors, size):
-        gen = stage.generator
-        index = torch.randint(0, len(tensors[0]), (size,), generator=gen)
-        flip = torch.rand(size, generator=gen) < 0.5  # mirror images: the grammar has no left/right
-        out = []
-        for t in tensors:
-            b = t[index]
-            b[flip] = b[flip].flip(-1)
-            out.append(b.to(device))
-        return out
+        return random_batch(tensors, size, stage.generator, device)
 
     # 1. VAE, on every modality and the scribbles
     vae.to(device).train()
@@ -320,21 +322,13 @@ def train(args) -> None:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    localised = args.attention_weight > 0
-    if localised:  # what the localisation term reads: the words' classes, the class shares per latent pixel
-        word_classes = caption_word_classes(tokenizer, ids)
-        class_masks = F.avg_pool2d(F.one_hot(world["labels"], len(CLASSES)).permute(0, 3, 1, 2).float(),
-                                   world["labels"].shape[-1] // means.shape[-1])  # [N, C, h, w]
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                    beta_schedule="scaled_linear")
     unet.to(device).train()
     text_encoder.to(device).train()
-    recorder, own_processors = AttentionRecorder(), dict(unet.attn_processors)
-    if localised:
-        unet.set_attn_processor({name: recorder if ".attn2." in name else processor
-                                 for name, processor in unet.attn_processors.items()})
+    own_processors = dict(unet.attn_processors)
     ema = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
     stage = Stage("unet", {"unet": unet, "text_encoder": text_encoder, "ema": ema, "ema_text": ema_text},
@@ -347,29 +341,55 @@ def train(args) -> None:
                     pt.lerp_(ps, 1 - min(decay, (1 + stage.step) / (10 + stage.step)))
 
     scale = vae.config.scaling_factor
+    processor = TrainingBindingProcessor()  # stage 4's cross-attention
 
-    def unet_loss(step):
-        # (the batch's draws do not depend on how many tensors it gathers: the same batches with the term or without)
-        mean, std, tokens, *located = batch_of([means, stds, ids] + ([class_masks, word_classes] if localised else []),
-                                               args.batch_size)
+    def denoising_loss(mean, std, tokens, binding=None):
+        """The epsilon objective on a batch, captions dropped 10 % of the time (the unconditional prompt "" for
+        guidance); `binding(t, dropped)` gives the batch's `TrainingBinding` once its timesteps are drawn."""
         latents = (mean + std * torch.randn_like(std)) * scale
-        drop = torch.rand(len(tokens), device=device) < 0.1  # the unconditional prompt "" for guidance
+        drop = torch.rand(len(tokens), device=device) < 0.1
         tokens = torch.where(drop[:, None], empty.to(device), tokens)
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (len(latents),), device=device)
-        noisy = noise_schedule.add_noise(latents, noise, t)
-        recorder.maps.clear()
-        prediction = unet(noisy, t, encoder_hidden_states=text_encoder(tokens)[0]).sample
-        loss = F.mse_loss(prediction, noise)
-        if localised:
-            masks, words = located
-            words = torch.where(drop[:, None], -1, words)  # a dropped caption names nothing
-            loss = loss + args.attention_weight * localisation_loss(recorder.maps, masks, words)
-        return loss
+        if binding is not None:
+            processor.binding = binding(t, drop)
+        prediction = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=text_encoder(tokens)[0])
+        return F.mse_loss(prediction.sample, noise)
 
-    stage.run(unet_loss, after_step=ema_update)
+    stage.run(lambda step: denoising_loss(*batch_of([means, stds, ids], args.batch_size)), after_step=ema_update)
 
-    # 4. Save: the pipeline folder (EMA weights, the layers' own attention processors back) and the judge
+    # 4. Binding: a fine-tune from the EMA weights with the region bias of `gradop.regions` on the true class masks
+    #    of a share of the images (`TrainingBinding`), w' drawn per image, σ_t of its timestep
+    if args.binding_steps:
+        word_classes = caption_word_classes(tokenizer, ids)
+        class_masks = F.avg_pool2d(F.one_hot(world["labels"], len(CLASSES)).permute(0, 3, 1, 2).float(),
+                                   world["labels"].shape[-1] // means.shape[-1])  # [N, C, h, w]
+        unet.load_state_dict(ema.state_dict())
+        text_encoder.load_state_dict(ema_text.state_dict())
+        unet.set_attn_processor({name: processor if ".attn2." in name else own
+                                 for name, own in own_processors.items()})
+        stage = Stage("binding", {"unet": unet, "text_encoder": text_encoder, "ema": ema, "ema_text": ema_text},
+                      args.binding_steps, args.binding_lr, work, log, args.seed + 3)
+        alphas_cumprod = noise_schedule.alphas_cumprod.to(device)
+        log_low, log_high = (math.log(w) for w in BINDING_WEIGHT_RANGE)
+
+        def binding_loss(step):
+            mean, std, tokens, masks, words = batch_of([means, stds, ids, class_masks, word_classes], args.batch_size)
+            n = len(tokens)
+            bound = torch.rand(n, device=device) < args.binding_share
+            negative = torch.rand(n, device=device) < BINDING_NEGATIVE_SHARE
+            region_weight = torch.empty(n, device=device).uniform_(log_low, log_high).exp()  # w', log-uniform
+
+            def binding(t, dropped):  # bias_scale = w' log(1 + σ_t), σ_t = √((1 − ᾱ_t) / ᾱ_t); 0 where unbound
+                sigma = ((1 - alphas_cumprod[t]) / alphas_cumprod[t]).sqrt()
+                return TrainingBinding(masks, words, negative, region_weight * torch.log1p(sigma) * (bound & ~dropped))
+
+            return denoising_loss(mean, std, tokens, binding)
+
+        stage.run(binding_loss, after_step=lambda: ema_update(0.995))
+        processor.binding = None
+
+    # 5. Save: the pipeline folder (EMA weights, the layers' own attention processors back) and the judge
     from safetensors.torch import save_file
     ema.set_attn_processor(dict(own_processors))
 
@@ -396,16 +416,17 @@ def main(argv=None) -> int:
     p.add_argument("--judge-scenes", type=int, default=1000, help="scenes whose renders train the judge")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="UNet/text-encoder learning rate")
-    p.add_argument("--attention-weight", type=float, default=0.0,
-                   help="experimental: weight of the term that asks class words and their class's pixels to attend "
-                        "to each other (0: off, the bundled model)")
+    p.add_argument("--binding-steps", type=int, default=1500,
+                   help="steps of stage 4, the fine-tune with the region bias (0: skip it)")
+    p.add_argument("--binding-share", type=float, default=0.5, help="share of each stage-4 batch trained with the bias")
+    p.add_argument("--binding-lr", type=float, default=3e-4, help="stage 4's learning rate")
     p.add_argument("--device", default="auto")
     p.add_argument("--work-dir", default="toy-train", help="checkpoints and log.jsonl (training resumes from them)")
     p.add_argument("--out", default=str(PACKAGE), help="where model/ and judge.safetensors are written")
     p.add_argument("--tiny", action="store_true", help="a tiny configuration, for smoke tests")
     args = p.parse_args(argv)
-    if not math.isfinite(args.attention_weight) or args.attention_weight < 0:
-        p.error(f"--attention-weight must be a finite number >= 0 (0 turns the term off), got {args.attention_weight}")
+    if not 0 <= args.binding_share <= 1:  # (NaN fails this too)
+        p.error(f"--binding-share must be between 0 and 1, got {args.binding_share}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train(args)
     return 0
