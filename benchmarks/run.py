@@ -146,10 +146,7 @@ def variants(fast_dtype, pipe, tile: int, with_compile: bool):
         "gradop+ released": ("gradop_plus", released, "full"),
         "gradop+ (gradop default)": ("gradop_plus", default, "model"),
     }
-    if pipe.painting_decoder is not None:  # the toy model's painting loss uses its distilled decoder by default
-        rows["gradop default, full decoder"] = ("gradop_plus", default, "full")
-    else:
-        rows["gradop default + painting decoder"] = ("gradop_plus", default, "surrogate")
+    rows["gradop default + painting decoder"] = ("gradop_plus", default, "surrogate")
     rows |= {
         "+ frozen decoder": ("gradop_plus", released | dict(freeze_decoder=True), "full"),
         "+ SDPA attention": ("gradop_plus", released | dict(sdpa=True), "full"),
@@ -213,7 +210,9 @@ def surrogate_decoder(config: str, pipe):
     from diffusers import AutoencoderTiny
 
     if config == "toy":
-        return pipe.painting_decoder  # the distilled decoder the toy pipeline ships
+        from gradop.models import load_painting_decoder
+
+        return load_painting_decoder("toy", device=pipe.device)  # distilled from the toy VAE
     torch.manual_seed(0)
     return AutoencoderTiny().to(pipe.device).eval()  # TAESD's default configuration
 

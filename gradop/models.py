@@ -11,7 +11,7 @@ import torch
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
 TINY = "gradop:tiny"  # the `name_or_path` of `gradop.testing.tiny_pipeline()`
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
-TOY_PAINTING_DECODER = TOY_MODEL / "painting_decoder"  # the toy pipeline's own painting_decoder component
+TOY_PAINTING_DECODER = TOY_MODEL.parent / "painting_decoder"  # distilled from the toy VAE (opt-in: load_painting_decoder)
 TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -88,7 +88,7 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
     if verbose:
         small = "; GradOP's painting loss goes through its small painting_decoder (pass painting_decoder=pipe.vae " \
-                "for the full one)" if pipe.painting_decoder is not None else ""
+                "for the full one)" if pipe.painting_decoder is not None else ""  # a pipeline that ships one
         print(f"gradop: model {model_label(pipe)} on {device} ({str(dtype).replace('torch.', '')}){small}",
               file=sys.stderr)
     return pipe
@@ -189,7 +189,9 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
     except (OSError, ValueError) as err:
         raise ModelUnavailableError(f"could not load painting decoder '{name}': {err}") from None
     device = resolve_device(device)
-    return decoder.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
+    dtype = resolve_dtype(dtype, device)
+    decoder = decoder.to(device)  # (diffusers warns at a dtype cast, even to the dtype it already has)
+    return (decoder if decoder.dtype == dtype else decoder.to(dtype=dtype)).eval()
 
 
 def load_guidance_decoder(*args, **kwargs):

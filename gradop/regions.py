@@ -80,6 +80,17 @@ def parse_regions(regions) -> list[Region]:
 
 
 # ---------------------------------------------------------------------- what one call binds
+def query_grid(size: tuple[int, int], num_queries: int) -> tuple[int, int]:
+    """The (h, w) query grid of an attention layer over a `size` latent: `size` halved (rounding up, as strided
+    convs do) until it holds `num_queries`."""
+    h, w = size
+    while h * w > num_queries:
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != num_queries:
+        raise ValueError(f"cannot place {num_queries} attention queries on a grid of the {tuple(size)} output")
+    return h, w
+
+
 class RegionBinding:
     """The bias of one pipeline call, and the state its processors read during the run.
 
@@ -125,13 +136,8 @@ class RegionBinding:
         self.sigma = math.sqrt((1 - alpha_bar) / alpha_bar)  # σ_t = √((1 − ᾱ_t) / ᾱ_t)
 
     def grid(self, num_queries: int) -> tuple[int, int]:
-        """The (h, w) query grid of a layer: the output size halved (rounding up, as strided convs do)."""
-        h, w = self.size
-        while h * w > num_queries:
-            h, w = -(-h // 2), -(-w // 2)
-        if h * w != num_queries:
-            raise ValueError(f"cannot place {num_queries} attention queries on a grid of the {self.size} output")
-        return h, w
+        """The (h, w) query grid of a layer (`query_grid`)."""
+        return query_grid(self.size, num_queries)
 
     def bias(self, num_queries: int, device) -> torch.Tensor:
         """W at a layer's resolution, `[B, N, T]`: Σ_k ρ_k M_k[i] 1[j ∈ tokens_k]."""

@@ -10,6 +10,7 @@ Every random draw goes through seeded generators, so a rerun gives the same figu
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -19,6 +20,18 @@ HERE = Path(__file__).resolve().parent
 MAX_BYTES = 2 * 2**20
 
 
+def slowest_cells(notebook, count: int = 3) -> list[tuple[float, int]]:
+    """(seconds, cell index) of the slowest code cells, from the run's own timestamps (before they are dropped)."""
+    times = []
+    for index, cell in enumerate(notebook.cells):
+        stamps = cell.metadata.get("execution", {})
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            begin, end = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            times.append(((end - begin).total_seconds(), index))
+    return sorted(times, reverse=True)[:count]
+
+
 def regenerate(path: Path) -> float:
     notebook = nbformat.read(path, as_version=4)
     os.environ.update(HF_HUB_OFFLINE="1", GRADOP_MODEL="toy")  # the kernel inherits these
@@ -26,6 +39,7 @@ def regenerate(path: Path) -> float:
     start = time.perf_counter()
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
     seconds = time.perf_counter() - start
+    print(f"{path.name}: slowest cells " + ", ".join(f"{i} ({t:.0f} s)" for t, i in slowest_cells(notebook)), flush=True)
     notebook.metadata.pop("widgets", None)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     for cell in notebook.cells:

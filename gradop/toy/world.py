@@ -19,11 +19,13 @@ than the painting function f keeps, so GradOP's loss never asks for it, and it r
 stride, so a latent carries it as a steady offset over each region that survives the noise SDEdit starts
 from (`benchmarks/toy_world_evidence.py` measures how much): the toy's version of the intrinsic domain shift.
 GradOP+ restores only what f sees, so it largely escapes it (reports/toy/report.md: on held-out scenes SDEdit at
-s = 0.7 is judged photo 0.33, GradOP+ 0.84).
+s = 0.7 is judged photo 0.44, GradOP+ 0.92).
 
 Painted colours overlap across classes (`COLOR_GROUPS`: green = forest or meadow, white = snow or
 cloud, blue = lake or sky), so a colour alone does not say the class; forests stand anywhere on
-the ground, so neither does the place. That is what gives a region binding something to decide.
+the ground, and a second layout family (`make_scene(seed, wood=True)`, used to train region bindings) turns
+the field into a wood around a meadow clearing, so neither does the place. That is what gives a region
+binding something to decide.
 
     python -m gradop.toy.world --out world.png     # preview: photo / painting / cartoon / scribble / labels
 """
@@ -136,8 +138,9 @@ def _ridge(rng, width, base, height) -> np.ndarray:
     return base - height * np.clip(ys, 0.1, 1.2)
 
 
-def layout(rng, size):
-    """The class map, its parts (house walls vs roof) and the caption's ingredients."""
+def layout(rng, size, wood: bool = False):
+    """The class map, its parts (house walls vs roof) and the caption's ingredients; `wood`: the field is a wood
+    around a meadow clearing (the same draws otherwise, so `wood=False` scenes never change)."""
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     labels = np.zeros((h, w), np.int64)
@@ -177,9 +180,9 @@ def layout(rng, size):
         labels[lake] = cls["water"]
     elif rng.random() < 0.3:  # a beach along the bottom
         labels[ground & (yy >= h - rng.uniform(0.15, 0.25) * h + warp)] = cls["sand"]
-    if rng.random() < 0.55:  # a forest: a band of tree crowns on the horizon, or a wood anywhere in the field
+    if rng.random() < 0.55 or wood:  # a forest: a band of tree crowns on the horizon, or a wood anywhere in the field
         crowns = smooth_noise(rng, h, w, 3) * 0.04 * h
-        if rng.random() < 0.4:
+        if rng.random() < 0.4 and not wood:
             top = horizon - rng.uniform(0.08, 0.16) * h
             start, end = sorted(rng.uniform(0, w, 2))
             end = max(end, start + 0.3 * w)
@@ -187,8 +190,13 @@ def layout(rng, size):
         else:
             cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(horizon + 0.1 * h, 0.9 * h)
             ax, ay = rng.uniform(0.14, 0.3) * w, rng.uniform(0.08, 0.16) * h
+            if wood:  # a clearing about as large as a wood in the field
+                ax, ay = 1.5 * ax, 1.5 * ay
             forest = ground & (((xx - cx) / ax) ** 2 + ((yy - cy + crowns) / ay) ** 2 <= 1)
-        labels[forest & (labels != cls["water"])] = cls["forest"]
+        if wood:  # the other way round: the field is a wood around a meadow clearing
+            labels[ground & (labels == cls["grass"]) & ~forest] = cls["forest"]
+        else:
+            labels[forest & (labels != cls["water"])] = cls["forest"]
     if rng.random() < 0.35:  # a house on the field
         bw, bh = rng.uniform(0.22, 0.32) * w, rng.uniform(0.14, 0.2) * h
         x0, base = rng.uniform(0.05 * w, 0.95 * w - bw), rng.uniform(horizon + 0.2 * h, h - 0.05 * h)
@@ -388,13 +396,16 @@ def caption(rng, description: str, modality: str) -> str:
     return f"a {modality} of {description}"
 
 
-def make_scene(seed: int, size: int | tuple[int, int] = 64) -> Scene:
-    """The scene of `seed` at `size` (>= 64 recommended); identical for the same seed and size."""
+def make_scene(seed: int, size: int | tuple[int, int] = 64, wood: bool = False) -> Scene:
+    """The scene of `seed` at `size` (>= 64 recommended); identical for the same seed and size.
+
+    `wood=True` draws the scene's other layout family, a wood covering the field around a meadow clearing (the
+    training of region bindings uses it: there, the place of a green region says nothing about its class)."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     if min(size) < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     rng = np.random.default_rng([seed, *size])
-    labels, roof, present = layout(rng, size)
+    labels, roof, present = layout(rng, size, wood)
     colors = scene_colors(rng)
     renders = {"photo": render_photo(rng, labels, roof, colors), "painting": render_painting(rng, labels, roof, colors),
                "cartoon": render_cartoon(rng, labels, roof, colors)}
@@ -416,11 +427,12 @@ def label_colors() -> np.ndarray:
     return np.array([LABEL_COLORS[c] for c in CLASSES], np.uint8)
 
 
-def preview(seeds, size=64, scale=2) -> PIL.Image.Image:
-    """Rows of photo | painting | cartoon | scribble | labels for `seeds`, with each scene's caption underneath."""
+def preview(seeds, size=64, scale=2, wood: bool = False) -> PIL.Image.Image:
+    """Rows of photo | painting | cartoon | scribble | labels for `seeds`, with each scene's caption underneath
+    (`wood`: the wood-around-a-clearing layout)."""
     rows = []
     for seed in seeds:
-        s = make_scene(seed, size)
+        s = make_scene(seed, size, wood)
         row = np.concatenate([*(s.renders[m] for m in MODALITIES), s.painting, label_colors()[s.labels]], axis=1)
         tile = PIL.Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), PIL.Image.NEAREST)
         canvas = PIL.Image.new("RGB", (tile.width, tile.height + 14), "white")
@@ -442,8 +454,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="toy-world.png", help="output PNG")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--wood", action="store_true", help="the other layout: a wood around a meadow clearing")
     args = parser.parse_args(argv)
-    preview(args.seeds, args.size).save(args.out)
+    preview(args.seeds, args.size, wood=args.wood).save(args.out)
     print(f"wrote {args.out}")
     return 0
 
