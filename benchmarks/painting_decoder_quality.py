@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     pipe = load_pipeline("toy", device="cpu", verbose=False)
     pipe.set_progress_bar_config(disable=True)
     judge = load_judge()
-    small = load_painting_decoder("toy")  # distilled from the toy VAE: the opt-in speed-up
+    small = load_painting_decoder("toy", device=pipe.device, dtype=pipe.dtype)  # distilled from the toy VAE: opt-in
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
     _, paintings, _, captions = scenes_tensors(scenes)
     rows = {}

@@ -14,7 +14,7 @@ is printed and appended, with device, versions, date and command, to benchmarks/
 
 "released" is GradOP+ as the authors run it: fp32, the full decoder with its weights accumulating gradients,
 and attention without a fused kernel (torch 1.x had none). "gradop default" is GradOP+ as this package runs
-it by default (for the toy model: through its distilled painting decoder). The rows "+ X" are the released
+it by default (through the full decoder, frozen). The rows "+ X" are the released
 configuration with optimisation X alone. "painting decoder" is a small surrogate decoder used only inside
 the optimisation: the distilled one bundled with the toy model, or TAESD's architecture for sd-arch.
 """
@@ -361,6 +361,9 @@ def main(argv=None) -> int:
         surrogate = surrogate_decoder(args.config, pipe)
         rows = variants(fast, pipe, args.tile, args.compile)
         if args.only:
+            unknown = sorted(set(args.only) - set(rows))
+            if unknown:
+                raise SystemExit(f"--only: no row named {unknown}; the rows are {sorted(rows)}")
             rows = {k: v for k, v in rows.items() if k == "text2img" or k in args.only}
         if args.batches is not None:
             rows = {k: v for k, v in rows.items() if k in ("text2img", "gradop+ (gradop default)",

@@ -121,9 +121,9 @@ class GradOPPipeline(DiffusionPipeline):
             released DDIM configuration (`gradop.schedulers.RELEASED_DDIM_CONFIG`).
         painting_decoder ([`AutoencoderTiny`], *optional*): a small decoder that GradOP and GradOP+'s painting loss
             differentiates through instead of the VAE's when a call passes none. Stable Diffusion checkpoints
-            have none (the release's full-decoder optimisation); the toy model ships one distilled from its VAE
-            (`gradop.toy.distill`), which makes GradOP+ on a CPU nearly as cheap as text-only sampling at the same
-            faithfulness; GradOP's longer descent loses a little through it (reports/toy/report.md).
+            and the toy model have none (the release's full-decoder optimisation). `load_painting_decoder("toy")`
+            gives one distilled from the toy VAE (`gradop.toy.distill`): GradOP+ costs less through it, as
+            faithful but less realistic (reports/toy/report.md: judged photo 0.87 against 0.92 at N = 12).
             (Called `guidance_decoder` before; "guidance" here means classifier-free guidance only.)
         painting_sigma_fraction (`float`, *optional*): the model's painting scale: σ of `painting_function="gaussian"`
             as a fraction of the image's shorter side, 0 < x < 0.5. `None` (the default) is the release's

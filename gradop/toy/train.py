@@ -145,9 +145,8 @@ class TrainingBinding:
 
         key = (num_queries, str(device))
         if key not in self._bias:
-            h, w = self.class_masks.shape[-2:]
-            side = h // query_grid((h, w), num_queries)[0]  # the latent side is a power of two: exact pooling
-            masks = F.avg_pool2d(self.class_masks, side).flatten(2)  # [B, C, N] at the layer's resolution
+            grid = query_grid(tuple(self.class_masks.shape[-2:]), num_queries)
+            masks = F.interpolate(self.class_masks, size=grid, mode="area").flatten(2)  # [B, C, N] at that grid
             inside = torch.einsum("bcn,btc->bnt", masks, self.words)
             outside = torch.einsum("bcn,btc->bnt", 1 - masks, self.words)
             self._bias[key] = (inside - self.negative[:, None, None] * outside).to(device)
