@@ -138,7 +138,7 @@ class TrainingBinding:
         named = (word_classes >= 0).float()[..., None]
         self.words = F.one_hot(word_classes.clamp_min(0), class_masks.shape[1]).float() * named  # [B, T, C]
         self.class_masks, self.negative, self.bias_scale = class_masks, negative.float(), bias_scale
-        self._bias = {}  # per layer resolution: the UNet's layers share three
+        self._bias = {}  # per layer resolution: the toy UNet's cross-attention layers share two (16², 8²)
 
     def bias(self, num_queries: int, device) -> torch.Tensor:
         from ..regions import query_grid
