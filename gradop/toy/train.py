@@ -333,7 +333,7 @@ def train(args) -> None:
                          return_tensors="pt").input_ids
 
     ids = tokenize(captions)
-    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    empty = tokenize([""])
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
