@@ -138,9 +138,14 @@ def image_grid(rows, row_titles=None, col_titles=None, scale: float = 2.0, title
     return fig
 
 
-def timed(fn, repeats: int = 3):
-    """(median seconds of `repeats` runs after one warm-up run, the last result)."""
-    result = fn()
+def timed(fn, repeats: int = 3, warmup: bool = True):
+    """(median seconds of `repeats` runs after one warm-up run, the last result).
+
+    `warmup=False` skips the warm-up: for long runs on a model that earlier calls have already warmed, where
+    a warm-up would double the cost."""
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a whole number >= 1, got {repeats!r}")
+    result = fn() if warmup else None
     times = []
     for _ in range(repeats):
         if torch.cuda.is_available():

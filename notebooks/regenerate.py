@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 MAX_BYTES = 2 * 2**20
 
 
-def slowest_cells(notebook, count: int = 3) -> list[tuple[float, int]]:
+def slowest_cells(notebook, count: int = 6) -> list[tuple[float, int]]:
     """(seconds, cell index) of the slowest code cells, from the run's own timestamps (before they are dropped)."""
     times = []
     for index, cell in enumerate(notebook.cells):
