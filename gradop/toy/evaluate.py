@@ -301,6 +301,7 @@ def region_semantics(pipe, judge, count, weights=BINDING_WEIGHTS):
                 for judged in ("forest", "grass"):
                     key = f"{'forest' if cls == 'forest' else 'meadow'} region → {'forest' if judged == 'forest' else 'meadow'}"
                     shares[name][key].append(semantic_accuracy(image, mask, judged, judge).item())
+    columns = next(iter(shares.values()))  # every run has the same columns
     lines = ["\n## Region semantics",
              f"{len(scenes)} held-out scenes (seeds from {BINDING_SEED}) with a forest and a meadow each covering "
              "≥ 10 % of the image, both painted green (one colour range, shades drawn alike for both classes; the two "
@@ -308,7 +309,7 @@ def region_semantics(pipe, judge, count, weights=BINDING_WEIGHTS):
              "forest and a meadow\", GradOP+ at the released defaults. Binding: {forest's green: \"forest\", "
              "meadow's green: \"meadow\"}; swapped: the two phrases exchanged. Share of each region's patches "
              "judged each class, and the realism of the whole image (share of all patches judged photo):\n",
-             "| run | " + " | ".join(next(iter(shares.values()))) + " |", "|---|---|---|---|---|---|"]
+             "| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, table in shares.items():
         lines.append(f"| {name} | " + " | ".join(fmt(bootstrap(v)) for v in table.values()) + " |")
     checks = []

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..regions import biased_attention, query_grid
 from .components import PAINTING_SIGMA_FRACTION, toy_components
 from .judge import PatchJudge, patch_labels
 from .world import CLASSES, MODALITIES, PHRASES, make_scene
@@ -141,8 +142,6 @@ class TrainingBinding:
         self._bias = {}  # per layer resolution: the toy UNet's cross-attention layers share two (16², 8²)
 
     def bias(self, num_queries: int, device) -> torch.Tensor:
-        from ..regions import query_grid
-
         key = (num_queries, str(device))
         if key not in self._bias:
             grid = query_grid(tuple(self.class_masks.shape[-2:]), num_queries)
@@ -161,8 +160,6 @@ class TrainingBindingProcessor:
         self.binding: TrainingBinding | None = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        from ..regions import biased_attention
-
         return biased_attention(attn, hidden_states, encoder_hidden_states, self.binding, temb=temb)[0]
 
 
