@@ -1,4 +1,7 @@
-"""Argument checks shared by every method: each error names the argument and the fix."""
+"""Argument checks shared by every method: each error names the argument and the fix.
+
+A leaf of the package: it imports nothing from `gradop` but `images` (itself a leaf), so every module can use it.
+"""
 from __future__ import annotations
 
 import math
@@ -10,6 +13,10 @@ import torch
 from .images import MAX_SIDE
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The names the checks accept; `gradop.optimize.OPTIMIZERS` maps each to its class, and `gradop.painting`'s
+# `get_painting_function` builds each painting function (tests keep the lists in step)
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
+PAINTING_FUNCTIONS = ("gaussian", "median_palette")
 
 
 def check_fraction(value, name: str) -> float:
@@ -119,19 +126,16 @@ def check_optimize_target(value, name: str = "optimize_target") -> str:
 
 
 def check_optimizer(value, name: str = "optimizer"):
-    from .optimize import OPTIMIZERS
-
     if isinstance(value, str):
-        if value not in OPTIMIZERS:
-            raise ValueError(f"{name} must be one of {sorted(OPTIMIZERS)} or a torch.optim.Optimizer class, got {value!r}")
+        if value not in OPTIMIZER_NAMES:
+            raise ValueError(f"{name} must be one of {sorted(OPTIMIZER_NAMES)} or a torch.optim.Optimizer class, "
+                             f"got {value!r}")
     elif not (isinstance(value, type) and issubclass(value, torch.optim.Optimizer)):
         raise TypeError(f"{name} must be a name or a torch.optim.Optimizer class, got {value!r}")
     return value
 
 
 def check_painting_function(value, name: str = "painting_function"):
-    from .painting import PAINTING_FUNCTIONS
-
     if not callable(value) and value not in PAINTING_FUNCTIONS:
         raise ValueError(f"{name} must be one of {PAINTING_FUNCTIONS} or a callable mapping [B,3,H,W] images in "
                          f"[0,1] to paintings, got {value!r}")

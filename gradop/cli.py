@@ -9,8 +9,6 @@ finishes, so an interrupted run keeps the finished ones. Image i is drawn from i
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 import tempfile
 import warnings
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .methods import METHODS
+from .runs import default_prompt, painting_decoder, painting_size, save_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     released.add_argument("--grad_steps_per_iter", type=int, default=12)
     more = p.add_argument_group("gradop's additions")
     more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4 if it can be had, else the bundled toy "
-                                                      "model), toy, tiny (random test model), a hub id or a folder")
+                                                      "model), toy, tiny / tiny-xl (random test models), a Stable Diffusion 1.x/2.x or SDXL "
+                                                      "hub id or folder")
     more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, unipc, ddpm")
     more.add_argument("--steps", type=int, default=50, help="denoising steps")
     more.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance weight")
@@ -56,26 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--painting-decoder", "--guidance-decoder", default="model",
                       help="the decoder GradOP's painting loss differentiates through: model (the model's own: its full VAE "
                            "unless it ships a painting_decoder), full (the VAE, as released), toy (distilled from the toy "
-                           "VAE: faster, less realistic), taesd, or a folder "
+                           "VAE: faster, less realistic), taesd (SD 1), taesdxl (SDXL), or a folder "
                            "(--guidance-decoder is its old name)")
     more.add_argument("--output", default=None, help="output PNG path (default: outputs/<painting>_<method>_seed<seed>.png); "
                                                       "several images get _0, _1, ... before the suffix")
     return p
-
-
-def default_prompt(img_path: Path) -> str | None:
-    """The prompt the manifest beside a painting gives for it, if any."""
-    import json
-
-    manifest = img_path.parent / "manifest.json"
-    if not manifest.is_file():
-        return None
-    try:
-        prompt = json.loads(manifest.read_text()).get(img_path.name, {}).get("prompt")
-    except (ValueError, AttributeError, OSError) as err:
-        raise ValueError(f"'{manifest}' is not a manifest like {{\"{img_path.name}\": {{\"prompt\": \"...\"}}}} "
-                         f"({err}); fix it, or pass --prompt") from None
-    return prompt if isinstance(prompt, str) else None
 
 
 def parse_region_flags(flags) -> dict:
@@ -112,45 +97,6 @@ def output_paths(args, count: int) -> list[Path]:
     if count == 1:
         return [out]
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
-
-
-def painting_size(pipe, painting, height, width) -> tuple[int | None, int | None]:
-    """(height, width) for `painting` on `pipe` by the one sizing rule (`images.work_size`), which the sweep
-    shares: one given side keeps the aspect ratio; the toy model works a larger painting at its 64x64."""
-    from .images import work_size
-    from .models import is_toy_model
-
-    if painting is None:
-        return height, width
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor if is_toy_model(pipe) else None
-    return work_size(painting.size, height, width, native, pipe.vae_scale_factor)
-
-
-def painting_decoder(pipe, choice: str):
-    """--painting-decoder as the pipeline's `painting_decoder`: None keeps the model's own choice."""
-    from .models import load_painting_decoder
-
-    if choice == "model":
-        return None
-    if choice == "full":
-        return pipe.vae
-    return load_painting_decoder(choice, device=pipe.device, dtype=pipe.dtype)
-
-
-def save_atomically(image, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a PNG under `path`.
-
-    Only a kill -9 in the middle of a write can leave its hidden `.<name>.<random>.tmp` behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # open() with mode 0o666 lets the umask decide the permissions, as for any file the user writes
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_writable(paths: list[Path]) -> None:

@@ -67,6 +67,10 @@ class Method:
             defaults["strength"] = inspect.signature(GradOPPipeline.sdedit).parameters["strength"].default
         return defaults
 
+    def available_on(self, pipe) -> bool:
+        """Whether `pipe` runs this method: a `GradOPPipeline` runs all, a `CallbackPipeline` (SDXL) those it lists."""
+        return self.attribute in getattr(pipe, "methods", (self.attribute,))
+
     def accepts(self, key: str) -> bool:
         """Whether `key` is a setting this table takes for any method (shared) or a keyword of this method."""
         return key in SHARED_SETTINGS or key in self.parameters

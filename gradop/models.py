@@ -8,11 +8,17 @@ from pathlib import Path
 
 import torch
 
+from .testing import TINY, TINY_XL, tiny_pipeline, tiny_sdxl_pipeline  # the `name_or_path`s of the tiny pipelines
+
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
-TINY = "gradop:tiny"  # the `name_or_path` of `gradop.testing.tiny_pipeline()`
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
 TOY_PAINTING_DECODER = TOY_MODEL.parent / "painting_decoder"  # distilled from the toy VAE (opt-in: load_painting_decoder)
 TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
+TAESDXL = "madebyollin/taesdxl"  # the same architecture, for SDXL latents
+# model_index.json's `_class_name` -> the family it belongs to: GradOPPipeline (SD 1.x/2.x) or a CallbackPipeline
+SD_CLASSES = ("GradOPPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+CALLBACK_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+NAMES = ("auto", "toy", "tiny", "tiny-xl")  # the models `load_pipeline` knows by name
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -48,24 +54,27 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 
 
 def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str = "ddim", verbose: bool = True):
-    """A ready `GradOPPipeline`.
+    """A ready pipeline: a `GradOPPipeline` for Stable Diffusion 1.x/2.x and the toy model, a `CallbackPipeline`
+    (the same method names) for SDXL.
 
     Args:
         model: ``"auto"`` (Stable Diffusion v1.4 from the local cache, or downloaded when online; else the
             toy model, saying so), ``"toy"`` (the bundled toy-world model: offline, seconds on a CPU),
-            ``"tiny"`` (random weights, for tests: outputs are noise), a local pipeline folder or a hub id.
+            ``"tiny"`` / ``"tiny-xl"`` (random weights shaped like SD 1 / SDXL, for tests: outputs are noise),
+            a local pipeline folder or a hub id (Stable Diffusion 1.x/2.x or SDXL).
         device, dtype: see `resolve_device`, `resolve_dtype`.
         scheduler: a name from `gradop.schedulers.SCHEDULERS`; ``"ddim"`` is the released configuration.
         verbose: print which model was loaded.
     """
     from .pipeline import GradOPPipeline
-    from .testing import tiny_pipeline
 
     check_model_name(model)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if model == "tiny":
         pipe = tiny_pipeline(scheduler=scheduler)
+    elif model == "tiny-xl":
+        pipe = _callback_pipeline(tiny_sdxl_pipeline(), scheduler)
     elif model == "toy":
         pipe = _load_toy(scheduler)
     elif model == "auto":
@@ -80,9 +89,17 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
             pipe = _load_toy(scheduler)
             dtype = torch.float32 if device.type == "cpu" else dtype
     else:
+        local_only = _offline() or Path(model).is_dir()
         try:
-            pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler,
-                                                  local_files_only=_offline() or Path(model).is_dir())
+            family = _pipeline_class(model, local_only)
+            if family in CALLBACK_CLASSES:
+                import diffusers
+
+                loaded = getattr(diffusers, family.replace("Img2Img", "")).from_pretrained(
+                    model, dtype=dtype, local_files_only=local_only)
+                pipe = _callback_pipeline(loaded, scheduler)
+            else:
+                pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler, local_files_only=local_only)
         except (OSError, ValueError) as err:
             raise ModelUnavailableError(f"could not load model '{model}': {err}") from None
     pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
@@ -94,14 +111,36 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     return pipe
 
 
+def _pipeline_class(model: str, local_only: bool) -> str:
+    """The pipeline class a folder or hub id declares (model_index.json), checked to be one gradop serves."""
+    from diffusers import DiffusionPipeline
+
+    name = DiffusionPipeline.load_config(model, local_files_only=local_only).get("_class_name", "")
+    if name not in SD_CLASSES + CALLBACK_CLASSES:
+        raise ValueError(f"it is a {name or 'pipeline of unknown class'}; gradop serves Stable Diffusion 1.x/2.x "
+                         f"({', '.join(SD_CLASSES)}) and SDXL ({', '.join(CALLBACK_CLASSES)}). For another "
+                         "text-to-image pipeline, pass gradop.PaintingCallback as its callback_on_step_end")
+    return name
+
+
+def _callback_pipeline(pipeline, scheduler: str):
+    """A diffusers pipeline with the named sampler (the released DDIM by default) on its own noise schedule."""
+    from .callback_pipeline import CallbackPipeline
+    from .schedulers import make_scheduler
+
+    pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=pipeline.name_or_path == TINY_XL)
+    return CallbackPipeline(pipeline)
+
+
 def check_model_name(model) -> str:
-    """`model` as `load_pipeline` takes it, checked without loading: "auto", "toy", "tiny", a folder or "owner/name"."""
+    """`model` as `load_pipeline` takes it, checked without loading: a `NAMES` entry, a folder or "owner/name"."""
     if not isinstance(model, str) or not model:
-        raise TypeError(f"model must be 'auto', 'toy', 'tiny', a folder or a hub id, got {model!r}")
+        raise TypeError(f"model must be 'auto', 'toy', 'tiny', 'tiny-xl', a folder or a hub id, got {model!r}")
     hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
-    if model not in ("auto", "toy", "tiny") and not Path(model).is_dir() and not hub_id:
-        raise ValueError(f"model must be 'auto', 'toy', 'tiny', a pipeline folder or a hub id: '{model}' is not a "
-                         "folder, and not a hub id of the form 'owner/name'")
+    if model not in NAMES and not Path(model).is_dir() and not hub_id:
+        raise ValueError(f"model must be 'auto', 'toy', 'tiny', 'tiny-xl', a pipeline folder or a hub id: '{model}' is "
+                         "not a folder, and not a hub id of the form 'owner/name'")
     return model
 
 
@@ -118,6 +157,8 @@ def model_label(pipe) -> str:
     name = getattr(pipe, "name_or_path", None) or "a pipeline built in code"
     if name == TINY:
         return "tiny (random weights for testing: outputs are noise)"
+    if name == TINY_XL:
+        return "tiny-xl (random weights shaped like SDXL, for testing: outputs are noise)"
     return f"{name} (Stable Diffusion v1.4)" if name == SD_V1_4 else name
 
 
@@ -177,13 +218,14 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
 
     Args:
         name: ``"toy"`` (distilled from the toy model's VAE, bundled: `python -m gradop.toy.distill`),
-            ``"taesd"`` (madebyollin/taesd, for Stable Diffusion v1/v2 latents), a hub id or a folder.
+            ``"taesd"`` (madebyollin/taesd, for Stable Diffusion v1/v2 latents), ``"taesdxl"`` (madebyollin/taesdxl,
+            for SDXL latents; where its weights are in the local cache or can be downloaded), a hub id or a folder.
     """
     from diffusers import AutoencoderTiny
 
     if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be 'toy', 'taesd', a hub id or a folder, got {name!r}")
-    source = {"toy": TOY_PAINTING_DECODER, "taesd": TAESD}.get(name, name)
+        raise TypeError(f"name must be 'toy', 'taesd', 'taesdxl', a hub id or a folder, got {name!r}")
+    source = {"toy": TOY_PAINTING_DECODER, "taesd": TAESD, "taesdxl": TAESDXL}.get(name, name)
     try:
         decoder = AutoencoderTiny.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
     except (OSError, ValueError) as err:
@@ -192,11 +234,3 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
     dtype = resolve_dtype(dtype, device)
     decoder = decoder.to(device)  # (diffusers warns at a dtype cast, even to the dtype it already has)
     return (decoder if decoder.dtype == dtype else decoder.to(dtype=dtype)).eval()
-
-
-def load_guidance_decoder(*args, **kwargs):
-    """Deprecated name of `load_painting_decoder`."""
-    import warnings
-
-    warnings.warn("load_guidance_decoder is now load_painting_decoder", FutureWarning, stacklevel=2)
-    return load_painting_decoder(*args, **kwargs)

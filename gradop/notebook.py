@@ -3,12 +3,14 @@
     from gradop.notebook import setup, image_grid
     cfg = setup()      # reads GRADOP_MODEL (default "auto") and GRADOP_WORK_SIZE, loads the model
     cfg.examples       # paintings from input-images/ (toy/ for the toy model) with prompts and colour phrases
+
+`input-images/` is the checkout's (not part of the installed package): found from the current directory upward,
+or named by the `GRADOP_INPUT_IMAGES` environment variable.
 """
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +18,40 @@ import numpy as np
 import PIL.Image
 import torch
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-INPUT_IMAGES = REPOSITORY / "input-images"
+from .experiments import loopback_every_loop, timed  # noqa: F401 (the notebooks take them from here)
+
+INPUT_IMAGES_VARIABLE = "GRADOP_INPUT_IMAGES"
+
+
+def find_in_checkout(relative: str, variable: str | None = None) -> Path:
+    """A file or folder of the gradop checkout (not of the installed package): `$variable` when that is set, else
+    `relative` in the current directory or the nearest folder above it that has one (the notebooks run in
+    `notebooks/`, so the checkout's top level). Raises `FileNotFoundError` saying where it looked and what to do."""
+    if variable and os.environ.get(variable):
+        path = Path(os.environ[variable]).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{variable} is set to '{path}', which does not exist; point it at the "
+                                    f"checkout's {relative}")
+        return path
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / relative).exists():
+            return folder / relative
+    hint = f", or set {variable} to it" if variable else ""
+    raise FileNotFoundError(f"no {relative} in {here} or any folder above it"
+                            + (f", and {variable} is not set" if variable else "")
+                            + f": run from the gradop checkout (or its notebooks/ folder){hint}")
+
+
+def find_input_images() -> Path:
+    """The example paintings: `$GRADOP_INPUT_IMAGES`, else `input-images/` in or above the current directory."""
+    return find_in_checkout("input-images", INPUT_IMAGES_VARIABLE)
+
+
+def __getattr__(name: str):
+    if name == "INPUT_IMAGES":  # looked up when used, from the current directory: an installed package has none
+        return find_input_images()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -83,7 +117,8 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     work_size = int(work_size or os.environ.get("GRADOP_WORK_SIZE", 0) or native)
     is_toy = is_toy_model(pipe)
-    examples = load_examples(INPUT_IMAGES / "toy" if is_toy else INPUT_IMAGES, work_size)
+    input_images = find_input_images()
+    examples = load_examples(input_images / "toy" if is_toy else input_images, work_size)
     judge = load_toy_judge() if is_toy else None
     print(f"model: {model_label(pipe)} | work size {work_size}x{work_size} | device {pipe.device} | "
           f"{len(examples)} example paintings from {'input-images/toy' if is_toy else 'input-images'}")
@@ -138,48 +173,8 @@ def image_grid(rows, row_titles=None, col_titles=None, scale: float = 2.0, title
     return fig
 
 
-def timed(fn, repeats: int = 3, warmup: bool = True):
-    """(median seconds of `repeats` runs after one warm-up run, the last result).
-
-    `warmup=False` skips the warm-up: for long runs on a model that earlier calls have already warmed, where
-    a warm-up would double the cost."""
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a whole number >= 1, got {repeats!r}")
-    result = fn() if warmup else None
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
-
-
 def report_rows(*starts: str, report: str = "reports/toy/report.md") -> str:
     """The lines of a markdown report of the repository (the toy's by default) that begin with one of `starts`,
     e.g. `report_rows("| method", "| GradOP+ N=12 |")` for a table's header and one row."""
-    lines = (REPOSITORY / report).read_text().splitlines()
+    lines = find_in_checkout(report).read_text().splitlines()
     return "\n".join(line for line in lines if line.startswith(starts))
-
-
-def loopback_every_loop(pipe, prompts, images, num_loops: int, strength: float = 0.6, generator=None,
-                        num_inference_steps: int = 50, **kwargs) -> list[torch.Tensor]:
-    """The images after each of `num_loops` loops of `pipe.loopback`, from one call: [B, 3, H, W] in [0, 1] per loop.
-
-    Loop k of the call is exactly `pipe.loopback(..., num_loops=k)` (the same generator draws in the same order),
-    so a curve over the loops costs one call with the most loops instead of one call per point."""
-    ends = []
-
-    def keep(pipe_, i, t, tensors):  # each loop ends at the schedule's last timestep: its latents are that loop's result
-        if t == pipe_.scheduler.timesteps[-1]:
-            ends.append(tensors["latents"])
-        return tensors
-
-    pipe.loopback(prompts, images, strength=strength, num_loops=num_loops, generator=generator, output_type="latent",
-                  num_inference_steps=num_inference_steps, callback_on_step_end=keep, **kwargs)
-    with torch.no_grad():  # decoded and post-processed as the pipeline's own output_type="pt"
-        return [pipe.image_processor.postprocess(pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample.float(),
-                                                 output_type="pt").cpu() for z in ends]

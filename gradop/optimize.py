@@ -19,6 +19,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
 
+from .noise_schedule import LatentScaling, NoiseSchedule
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
@@ -126,13 +128,17 @@ def optimize_latents(
 
 # ---------------------------------------------------------------------- the decoder inside the loss
 def decode_for_loss(decoder, latents: torch.Tensor) -> torch.Tensor:
-    """D(z) in [0, 1] for the painting loss: clamp((D(z / s) + 1) / 2, 0, 1), gradients kept, fp32 out.
+    """D(z) in [0, 1] for the painting loss: clamp((D(z / s + shift) + 1) / 2, 0, 1), gradients kept, fp32 out.
 
-    After diffusers' `decoder.enable_tiling()` it is decoded in tiles of the decoder's tile size and
-    overlap, each recomputed in the backward pass (`decode_in_tiles`): memory for large images."""
+    The decoder's own latent scaling (`LatentScaling`: scaling factor and shift). A float16 VAE that declares
+    `force_upcast` (SDXL's) must run inside `LatentScaling.of(decoder).decoding(decoder)` for the forward *and*
+    backward pass, as `PaintingGuide.descend` does. After diffusers' `decoder.enable_tiling()` it is decoded in tiles
+    of the decoder's tile size and overlap, each recomputed in the backward pass (`decode_in_tiles`): memory for
+    large images."""
+    scaling = LatentScaling.of(decoder)
 
     def decode(z):
-        decoded = decoder.decode((z / decoder.config.scaling_factor).to(decoder.dtype)).sample
+        decoded = decoder.decode(scaling.to_decoder(z).to(decoder.dtype)).sample
         return ((decoded.float() + 1) / 2).clamp(0, 1)
 
     if getattr(decoder, "use_tiling", False):
@@ -162,21 +168,6 @@ def check_painting_decoder(decoder, latent_shape: tuple[int, ...], image_size: t
                          f"images, not {tuple(image_size)}: it must upsample by {factor} like the VAE")
     _checked_sizes.setdefault(decoder, set()).add(key)
     return decoder
-
-
-def predict_x0(scheduler, sample: torch.Tensor, model_output: torch.Tensor, timestep) -> torch.Tensor:
-    """x̂₀ from a variance-preserving sample x_t and the (guided) model output, for any prediction type."""
-    alpha_bar = scheduler.alphas_cumprod[int(round(float(timestep)))].to(sample.device, torch.float32)
-    sample, model_output = sample.float(), model_output.float()
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()  # (x_t − √(1−ᾱ) ε̂) / √ᾱ
-    if kind == "v_prediction":
-        return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output  # √ᾱ x_t − √(1−ᾱ) v̂
-    if kind == "sample":
-        return model_output  # the model predicts x₀ itself
-    raise ValueError(f"optimize_target='x0' needs a scheduler with prediction_type 'epsilon', 'v_prediction' or "
-                     f"'sample', got {kind!r}; use optimize_target='noisy'")
 
 
 # ---------------------------------------------------------------------- one call's optimisation
@@ -217,14 +208,16 @@ class PaintingGuide:
 
     def descend(self, start: torch.Tensor) -> torch.Tensor:
         """z̃ = argmin_z MSE(f(D(z)), y) by `grad_steps` optimiser steps from `start` (fp32)."""
-        with frozen(self.decoder) if self.freeze_decoder else contextlib.nullcontext():
+        # a float16 VAE that must decode in float32 (SDXL's) is upcast once for the whole descent, not per step
+        with frozen(self.decoder) if self.freeze_decoder else contextlib.nullcontext(), \
+                LatentScaling.of(self.decoder).decoding(self.decoder):
             optimized, losses = optimize_latents(start, self.target, lambda z: decode_for_loss(self.decoder, z),
                                                  self.painting_function, self.grad_steps, self.lr, self.optimizer,
                                                  self.blur_target)
         self.loss_history.append(losses)
         return optimized
 
-    def step(self, scheduler, latents: torch.Tensor, t_next, generator, x0: torch.Tensor | None = None):
+    def step(self, schedule: NoiseSchedule, latents: torch.Tensor, t_next, generator, x0: torch.Tensor | None = None):
         """GradOP+ after denoising step i (latents at t_{i+1}): optimise, then re-noise *as if clean*.
 
             z̃ = argmin_z MSE(f(D(z)), y)                 from z_{t_{i+1}} (as released) or from x̂₀
@@ -233,9 +226,9 @@ class PaintingGuide:
         The release treats the optimised noisy latent as a clean one: at t = 761 the new latent keeps
         √ᾱ ≈ 0.23 of z̃ and adds fresh noise of std ≈ 0.97.
         """
-        # the decoder expects variance-preserving latents: scale_model_input maps any scheduler's sample there
-        start = x0 if self.wants_x0 else scheduler.scale_model_input(latents, t_next)
+        # the decoder expects variance-preserving latents (the Euler family's samples are scaled up)
+        start = x0 if self.wants_x0 else schedule.variance_preserving(latents, t_next)
         optimized = self.descend(start)
         self.optimized_timesteps.append(int(t_next))
         noise = randn_tensor(optimized.shape, generator=generator, device=optimized.device, dtype=torch.float32)
-        return scheduler.add_noise(optimized, noise, t_next.repeat(len(optimized))).to(latents.dtype)
+        return schedule.noise_to(optimized, noise, t_next).to(latents.dtype)

@@ -17,7 +17,8 @@ from typing import Callable
 import kornia
 import torch
 
-from .regions import extract_palette, parse_color
+from .checks import PAINTING_FUNCTIONS, check_painting_function, check_sigma_fraction  # noqa: F401 (names, re-exported)
+from .colors import extract_palette, parse_color
 
 PaintingFunction = Callable[[torch.Tensor], torch.Tensor]
 RELEASED_SIGMA_FRACTION = 7 / 512  # the release: sigma 7 on Stable Diffusion v1's 512x512 images (1.4 % of the side)
@@ -71,8 +72,6 @@ class ScaledGaussianBlur:
 
 def _sigma_fraction(value) -> float:
     """σ as a fraction of the shorter side: the release's 7/512 for None, else `value`, checked."""
-    from .checks import check_sigma_fraction
-
     return RELEASED_SIGMA_FRACTION if value is None else check_sigma_fraction(value, "sigma_fraction")
 
 
@@ -103,7 +102,7 @@ class MedianPalette:
 def dominant_colors(painting: torch.Tensor, max_colors: int = 8):
     """The `max_colors` dominant stroke colours of a [3, H, W] painting in [0, 1], and their pixel shares.
 
-    See `gradop.regions.extract_palette` (anti-aliasing fringe is not a colour). Fewer colours are
+    See `gradop.colors.extract_palette` (anti-aliasing fringe is not a colour). Fewer colours are
     padded by repeating the first, so the palettes of a batch stack.
     """
     palette = extract_palette(painting.detach().float().cpu().clamp(0, 1), max_colors)
@@ -112,9 +111,6 @@ def dominant_colors(painting: torch.Tensor, max_colors: int = 8):
     if len(colors) < max_colors:
         colors = torch.cat([colors, colors[:1].expand(max_colors - len(colors), -1)])
     return colors.to(painting.device), shares
-
-
-PAINTING_FUNCTIONS = ("gaussian", "median_palette")
 
 
 def get_painting_function(spec, paintings: torch.Tensor | None = None,
@@ -126,8 +122,6 @@ def get_painting_function(spec, paintings: torch.Tensor | None = None,
     (without them, the blur scales to each input), and seeds `"median_palette"`'s palette. `sigma_fraction`
     (σ / shorter side; None = the release's 7/512) applies to `"gaussian"` only.
     """
-    from .checks import check_painting_function
-
     if callable(check_painting_function(spec)):
         return spec
     if spec == "gaussian":

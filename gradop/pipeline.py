@@ -25,8 +25,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import checks
+from .callback import X0_INPUT, PaintingCallback
 from .images import check_side, load_image, output_size
-from .optimize import PaintingGuide, check_painting_decoder, predict_x0
+from .noise_schedule import LatentScaling, NoiseSchedule
+from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
 from .regions import AttentionStore, RegionBinding, attention_control, bind_regions, parse_regions
 from .schedulers import make_scheduler
@@ -72,7 +74,7 @@ class _Call:
     width: int | None = None
     prompt_embeds: torch.Tensor | None = None
     binding: RegionBinding | None = None
-    guide: PaintingGuide | None = None
+    guide: PaintingGuide | PaintingCallback | None = None  # what optimises: GradOP's guide, GradOP+'s callback
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> "_Call":
@@ -132,7 +134,7 @@ class GradOPPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["painting_decoder"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", X0_INPUT]  # x̂₀ of the step: see `denoise`
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | None = None,
@@ -173,6 +175,10 @@ class GradOPPipeline(DiffusionPipeline):
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
         """Share the components of an existing (e.g. Stable Diffusion) pipeline; scheduler as in `from_pretrained`."""
+        if getattr(pipeline, "text_encoder_2", None) is not None or "XL" in type(pipeline).__name__:
+            raise ValueError(f"GradOPPipeline is for Stable Diffusion 1.x/2.x; {type(pipeline).__name__} has another "
+                             "architecture. Use GradOP+ on it directly: pipe(prompt, callback_on_step_end="
+                             "gradop.PaintingCallback(painting), ...), or gradop.CallbackPipeline(pipe) for every method")
         scheduler = kwargs.pop("scheduler", None)
         pipe = super().from_pipe(pipeline, **_scheduler_object(scheduler), **kwargs)
         return _with_named_scheduler(pipe, scheduler, pipeline.scheduler.config)
@@ -294,25 +300,24 @@ class GradOPPipeline(DiffusionPipeline):
         call.prompt_embeds = self.encode_prompt(prompt, num_images_per_prompt, negative_prompt,
                                                 call.do_classifier_free_guidance)
 
-        # 3. Prepare the painting y, the region binding and the painting guide
-        self._check_one_evaluation_scheduler()
+        # 3. Prepare the painting y, the region binding and GradOP+ itself: the painting callback (`gradop.callback`)
         paintings = self.prepare_image(image, call, height, width)
         call.binding = self.prepare_regions(call, paintings)
         target = self._per_image((paintings + 1) / 2, call)  # y in [0, 1]
-        first = int(num_inference_steps * (1 - strength))  # k0, truncated in floating point as released (0.8 -> 9)
-        call.guide = PaintingGuide(
-            target=target, decoder=self.prepare_painting_decoder(painting_decoder, call),
+        call.guide = PaintingCallback(
+            target, strength, num_iterative_steps, grad_steps_per_iter, lr,
             painting_function=self.prepare_painting_function(painting_function, target),
-            grad_steps=grad_steps_per_iter, lr=lr, optimizer=optimizer, blur_target=blur_target,
-            optimize_target=optimize_target, freeze_decoder=freeze_decoder,
-            window=range(first, first + num_iterative_steps),
+            painting_decoder=self.prepare_painting_decoder(painting_decoder, call), generator=generator,
+            optimizer=optimizer, blur_target=blur_target, optimize_target=optimize_target,
+            freeze_decoder=freeze_decoder,
         )
+        call.guide.check_pipeline(self, "gradop_plus")
 
         # 4. Prepare timesteps and the start: zeros noised to t_0 (as released), z = √(1 − ᾱ_{t_0}) ε
         timesteps = self.get_timesteps(num_inference_steps)
         latents = self.prepare_latents(call, timesteps[:1], latents=latents)
 
-        # 5. Denoise; after each step of the guide's window, pull the latent toward the painting
+        # 5. Denoise; after each step of the callback's window, pull the latent toward the painting
         with attention_control(self.unet, call.binding):
             latents = self.denoise(latents, timesteps, call)
 
@@ -470,7 +475,7 @@ class GradOPPipeline(DiffusionPipeline):
                 if self.interrupt:
                     break
                 if i:
-                    decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+                    decoded = self._decode(latents)
                     latents = self._encode_images(decoded.clamp(-1, 1), call)
                 latents = self._sdedit(latents, self.get_timesteps(num_inference_steps, strength), call)
 
@@ -552,8 +557,9 @@ class GradOPPipeline(DiffusionPipeline):
         depends on the model (image sizes against its VAE factor, the scheduler, the painting decoder) is
         checked where it is prepared. The painting itself is read by `prepare_image`.
         """
-        if method not in _METHOD_NAMES:
-            raise ValueError(f"method must be one of {_METHOD_NAMES}, got {method!r}")
+        if not (isinstance(method, str) and "prompt" in inspect.signature(getattr(cls, method, len)).parameters
+                and method in vars(cls) and not method.startswith("_")):  # the synthesis methods: gradop.methods
+            raise ValueError(f"method must be a GradOPPipeline synthesis method (gradop.methods.METHODS), got {method!r}")
         prompts = checks.check_prompts(prompt)
         if method != "text2img" and image is None:
             raise TypeError(f"{method} needs the painting as image: a file path, PIL image, numpy array or torch tensor")
@@ -621,7 +627,7 @@ class GradOPPipeline(DiffusionPipeline):
             images, names = self._load_images(((paintings.float().cpu() + 1) / 2).clamp(0, 1), "image", len(call.prompt))
         return bind_regions(regions, call.prompt, self.tokenizer, images, names, call.batch_size, size,
                             region_weight=call.region_weight, step_fraction=call.region_step_fraction,
-                            alphas_cumprod=self.scheduler.alphas_cumprod, store=store)
+                            schedule=NoiseSchedule(self.scheduler), store=store)
 
     def prepare_painting_function(self, painting_function, target: torch.Tensor):
         """f for `target` ([B,3,H,W] in [0,1]): `"gaussian"` at its size and the model's painting scale."""
@@ -662,7 +668,7 @@ class GradOPPipeline(DiffusionPipeline):
         else:
             noise = latents.to(self._execution_device, torch.float32)
         clean = torch.zeros_like(noise) if image_latents is None else image_latents.float()
-        return self.scheduler.add_noise(clean, noise, timestep.repeat(len(noise))).to(self.unet.dtype)
+        return NoiseSchedule(self.scheduler).noise_to(clean, noise, timestep).to(self.unet.dtype)
 
     def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
         """`eta` and `generator` for schedulers whose `step` takes them (DDIM's η, ancestral samplers)."""
@@ -670,10 +676,14 @@ class GradOPPipeline(DiffusionPipeline):
         return {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
 
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, call: _Call) -> torch.Tensor:
-        """The one sampling loop of every method: UNet with classifier-free guidance, the scheduler's step, then,
-        inside GradOP+'s window, the painting guide's step (`PaintingGuide.step`)."""
-        guide, binding = call.guide, call.binding
+        """The one sampling loop of every method: UNet with classifier-free guidance, the scheduler's step, then
+        GradOP+'s painting callback (`PaintingCallback`, which acts inside its window) and the user's callback."""
+        painting = call.guide if isinstance(call.guide, PaintingCallback) else None
+        wants_x0 = X0_INPUT in (painting.tensor_inputs if painting else ()) or X0_INPUT in (
+            call.callback_on_step_end_tensor_inputs if call.callback_on_step_end else ())
+        schedule, binding = NoiseSchedule(self.scheduler), call.binding
         extra_step_kwargs = self.prepare_extra_step_kwargs(call.generator, call.eta)
+        self._num_timesteps = len(timesteps)  # what callbacks read, as in diffusers' pipelines
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -686,17 +696,16 @@ class GradOPPipeline(DiffusionPipeline):
                 if call.do_classifier_free_guidance:
                     noise_uncond, noise_text = noise_pred.chunk(2)
                     noise_pred = noise_uncond + call.guidance_scale * (noise_text - noise_uncond)  # ε_∅ + w (ε_τ − ε_∅)
-                optimise = guide is not None and i in guide.window
-                x0 = predict_x0(self.scheduler, model_input[-len(latents):], noise_pred, t) \
-                    if optimise and guide.wants_x0 else None
+                x0 = schedule.predict_x0(model_input[-len(latents):], noise_pred, t) if wants_x0 else None
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
-                if optimise:  # GradOP+: pull z_{t_{i+1}} toward the painting, re-noise to t_{i+1}
-                    latents = guide.step(self.scheduler, latents, timesteps[i + 1], call.generator, x0)
-                    if len(guide.loss_history[-1]):
-                        progress_bar.set_postfix(painting_loss=float(guide.loss_history[-1][-1].mean()))
+                if painting is not None:  # GradOP+: inside its window, pull z_{t_{i+1}} toward the painting
+                    windows = len(painting.loss_history)
+                    latents = painting(self, i, t, {"latents": latents, X0_INPUT: x0})["latents"]
+                    if len(painting.loss_history) > windows and len(painting.loss_history[-1]):
+                        progress_bar.set_postfix(painting_loss=float(painting.loss_history[-1][-1].mean()))
                 if call.callback_on_step_end is not None:
-                    latents = self._step_callback(call, i, t, latents)
+                    latents = self._step_callback(call, i, t, latents, x0)
                 progress_bar.update()
         return latents
 
@@ -706,9 +715,9 @@ class GradOPPipeline(DiffusionPipeline):
             return clean
         return self.denoise(self.prepare_latents(call, timesteps[:1], clean), timesteps, call)
 
-    def _step_callback(self, call: _Call, i: int, t, latents: torch.Tensor) -> torch.Tensor:
+    def _step_callback(self, call: _Call, i: int, t, latents: torch.Tensor, x0=None) -> torch.Tensor:
         """diffusers' `callback_on_step_end`: it sees the tensors it asked for; returned ones replace them."""
-        tensors = {"latents": latents, "prompt_embeds": call.prompt_embeds}
+        tensors = {"latents": latents, "prompt_embeds": call.prompt_embeds, X0_INPUT: x0}
         returned = call.callback_on_step_end(self, i, t, {k: tensors[k] for k in call.callback_on_step_end_tensor_inputs})
         if returned is None:
             return latents
@@ -727,14 +736,14 @@ class GradOPPipeline(DiffusionPipeline):
         else:
             latents = self.vae.encode(images).latent_dist.sample(generator)
             latents = latents.repeat_interleave(batch // len(latents), dim=0)
-        return latents * self.vae.config.scaling_factor
+        return LatentScaling.of(self.vae).from_encoder(latents)
 
     def _finish(self, latents: torch.Tensor, call: _Call):
         """Decode (unless `output_type="latent"`), post-process, and package every output field."""
         if call.output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0].float()
+            decoded = self._decode(latents).float()
             expected = tuple(side * self.vae_scale_factor for side in latents.shape[-2:])
             if tuple(decoded.shape[-2:]) != expected:  # diffusers' tiled decoding, with tiles that do not fit
                 raise ValueError(f"pipe.vae.enable_tiling() decoded a {expected} image as {tuple(decoded.shape[-2:])}: "
@@ -750,15 +759,16 @@ class GradOPPipeline(DiffusionPipeline):
                                       optimized_timesteps=guide.optimized_timesteps if guide else [])
         return output if call.return_dict else output.to_tuple()
 
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """D(z) in [-1, 1] by the VAE, with its latent scaling (and in float32 if it must be: `force_upcast`)."""
+        scaling = LatentScaling.of(self.vae)
+        with scaling.decoding(self.vae) as dtype:
+            return self.vae.decode(scaling.to_decoder(latents).to(dtype), return_dict=False)[0]
+
     # ------------------------------------------------------------------ small helpers
     def _start_call(self, arguments: dict) -> _Call:
         self._interrupt = False
         return _Call.from_arguments(arguments)
-
-    def _check_one_evaluation_scheduler(self) -> None:
-        if self.scheduler.order != 1:
-            raise ValueError(f"{type(self.scheduler).__name__} takes {self.scheduler.order} model evaluations per step; "
-                             "GradOP+ needs a one-evaluation scheduler: use scheduler 'ddim', 'pndm', 'dpm', 'euler' ...")
 
     @staticmethod
     def _per_image(tensor: torch.Tensor, call: _Call) -> torch.Tensor:
@@ -778,9 +788,6 @@ class GradOPPipeline(DiffusionPipeline):
                              "give one image for all prompts or one per prompt")
         names = [name] if len(images) == 1 else [f"{name}[{i}]" for i in range(len(images))]
         return [load_image(im, n) for im, n in zip(images, names)], names
-
-
-_METHOD_NAMES = ("gradop_plus", "gradop", "sdedit", "loopback", "text2img")
 
 
 def _binds_regions(regions) -> bool:

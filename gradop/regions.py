@@ -100,14 +100,14 @@ class RegionBinding:
         weights (`torch.Tensor`): `[K]` per-region weights ρ_k.
         region_weight (`float`): the global weight w'.
         step_fraction (`float`): the bias applies during the first `step_fraction` of each pass's steps.
-        alphas_cumprod (`torch.Tensor`): ᾱ of the scheduler, for σ_t.
+        schedule ([`~gradop.noise_schedule.NoiseSchedule`]): the sampler's noise schedule, for σ_t.
         store ([`AttentionStore`], *optional*): records the conditional branch's attention maps.
     """
 
-    def __init__(self, masks, tokens, weights, region_weight=0.0, step_fraction=1.0, alphas_cumprod=None, store=None):
+    def __init__(self, masks, tokens, weights, region_weight=0.0, step_fraction=1.0, schedule=None, store=None):
         self.masks, self.tokens, self.weights = masks.float(), tokens.float(), weights.float()
         self.region_weight, self.step_fraction, self.store = float(region_weight), float(step_fraction), store
-        self.alphas_cumprod = alphas_cumprod
+        self.schedule = schedule
         self.batch_size, self.size = masks.shape[0], tuple(masks.shape[-2:])
         self.sigma: float | None = None  # σ_t of the current step while the bias applies, else None
         self._bias: dict[tuple, torch.Tensor] = {}  # W per (resolution, device)
@@ -132,8 +132,7 @@ class RegionBinding:
         if not active:
             self.sigma = None
             return
-        alpha_bar = float(self.alphas_cumprod[int(round(float(timestep)))])
-        self.sigma = math.sqrt((1 - alpha_bar) / alpha_bar)  # σ_t = √((1 − ᾱ_t) / ᾱ_t)
+        self.sigma = self.schedule.sigma(timestep)  # σ_t = √((1 − ᾱ_t) / ᾱ_t)
 
     def grid(self, num_queries: int) -> tuple[int, int]:
         """The (h, w) query grid of a layer (`query_grid`)."""
@@ -149,7 +148,7 @@ class RegionBinding:
 
 
 def bind_regions(regions, prompts: list[str], tokenizer, paintings: list, names: list[str], batch_size: int,
-                 size: tuple[int, int], *, region_weight: float, step_fraction: float, alphas_cumprod,
+                 size: tuple[int, int], *, region_weight: float, step_fraction: float, schedule,
                  store=None, tolerance: float = 40.0) -> RegionBinding:
     """Masks, token indicators and weights of `regions` for a batch of `batch_size` images.
 
@@ -189,7 +188,7 @@ def bind_regions(regions, prompts: list[str], tokenizer, paintings: list, names:
     masks = torch.stack(masks).repeat_interleave(batch_size // len(masks), dim=0)
     tokens = tokens.repeat_interleave(batch_size // len(prompts), dim=0)
     weights = torch.tensor([r.weight for r in parsed])
-    return RegionBinding(masks, tokens, weights, region_weight, step_fraction, alphas_cumprod, store)
+    return RegionBinding(masks, tokens, weights, region_weight, step_fraction, schedule, store)
 
 
 def warn_empty_regions(masks: torch.Tensor, regions: list[Region], name: str) -> None:

@@ -9,8 +9,10 @@
      "grid": {"painting": ["input-images/toy/lake_mountains.png"], "seed": [0, 1],
               "strength": [0.6, 0.8], "grad_steps_per_iter": [6, 12]}}
 
-`fixed` and `grid` take `painting`, `prompt`, `seed` and any setting of the method. A painting's prompt comes
-from the manifest beside it unless `prompt` is given; paintings are sized as by the `gradop` command. The
+`fixed` and `grid` take `painting`, `prompt`, `seed` and any setting of the method; `painting_decoder` is a
+name as the `gradop` command's `--painting-decoder` takes it (model, full, toy, taesd, a folder or a hub id).
+A painting's prompt comes from the manifest beside it unless `prompt` is given; paintings are sized as by the
+`gradop` command (`gradop.runs` holds what the two share). The
 whole file is checked before the model loads (a bad key or value: one line naming the job, exit 2). Every
 job writes `<job id>.png` (atomically) and then one JSON line to `results-<process>.jsonl`; a job whose line
 and image both exist is done, so a rerun (with any number of processes) does only what is missing. A job
@@ -83,10 +85,10 @@ def prepare(spec) -> list[Job]:
     """`expand`, then every job checked as the `gradop` command checks its flags, before any model loads:
     the painting file, the prompt, the seed, and the method's settings (`GradOPPipeline.check_inputs`).
     Raises a `ValueError` naming the job and the key."""
-    from .cli import default_prompt
     from .images import load_image
     from .methods import get_method
     from .pipeline import GradOPPipeline
+    from .runs import check_painting_decoder_choice, default_prompt
 
     grid = expand(spec)
     method = get_method(spec.get("method", "gradop+"))
@@ -117,6 +119,8 @@ def prepare(spec) -> list[Job]:
             if reserved:
                 raise ValueError(f"{reserved[0]} is set by the sweep itself (one PNG per job, seeded by \"seed\")")
             painting = paintings.get(path)
+            if settings.get("painting_decoder") is not None:
+                check_painting_decoder_choice(settings["painting_decoder"])
             GradOPPipeline.check_inputs(method.attribute, prompt, **method.arguments(painting, **settings))
         except (ValueError, TypeError) as err:
             raise ValueError(f"job {job['id']} ({shown}): {err}") from None
@@ -157,15 +161,23 @@ def append_line(path: Path, record: dict) -> None:
         os.close(fd)
 
 
-def run_job(pipe, method, job: Job):
-    """The job's image, sized by the `gradop` command's rule (`cli.painting_size`)."""
+def run_job(pipe, method, job: Job, decoders: dict | None = None):
+    """The job's image, sized by the `gradop` command's rule (`runs.painting_size`), its `painting_decoder` name
+    turned into a decoder as the command's `--painting-decoder` (`runs.painting_decoder`; loaded once per name
+    when the caller keeps `decoders`)."""
     import torch
 
-    from .cli import painting_size
+    from .runs import painting_decoder, painting_size
 
     settings = dict(job.settings)
     settings["height"], settings["width"] = painting_size(pipe, job.painting, settings.get("height"),
                                                           settings.get("width"))
+    choice = settings.get("painting_decoder")
+    if choice is not None and "painting_decoder" in method.uses:
+        decoders = {} if decoders is None else decoders
+        if choice not in decoders:
+            decoders[choice] = painting_decoder(pipe, choice)
+        settings["painting_decoder"] = decoders[choice]
     generator = torch.Generator("cpu").manual_seed(job.seed)
     return method(pipe, job.prompt, job.painting, generator=generator, **settings).images[0]
 
@@ -185,9 +197,9 @@ def main(argv=None) -> int:
 def _sweep(args) -> int:
     from accelerate import PartialState
 
-    from .cli import save_atomically
     from .methods import get_method
     from .models import load_pipeline
+    from .runs import save_atomically
 
     try:
         try:
@@ -217,10 +229,11 @@ def _sweep(args) -> int:
         pipe.set_progress_bar_config(disable=True)
         method = get_method(spec.get("method", "gradop+"))
         results = args.out / f"results-{state.process_index}.jsonl"
+        decoders = {}  # painting decoders by name, each loaded once
         for job in mine:
             start = time.perf_counter()
             try:
-                image = run_job(pipe, method, job)
+                image = run_job(pipe, method, job, decoders)
                 save_atomically(image, args.out / f"{job.id}.png")  # the image first: a line means a whole image
             except Exception as err:  # noqa: BLE001 — one bad job must not stop the others; a rerun retries it
                 failed += 1

@@ -365,7 +365,8 @@ class SynthesisPanel(widgets.VBox):
         style = {"description_width": "150px"}
         wide = widgets.Layout(width="420px")
         self.prompt = widgets.Text(value=prompt, description="prompt", style=style, layout=widgets.Layout(width="560px"))
-        self.method = widgets.Dropdown(options=list(PANEL_METHODS), value="GradOP+", description="method", style=style)
+        self.method = widgets.Dropdown(options=[label for label, m in PANEL_METHODS.items() if m.available_on(pipe)],
+                                       value="GradOP+", description="method", style=style)
         self.strength = widgets.FloatSlider(value=self.default_strength(self.method.value), min=0.0, max=1.0, step=0.05,
                                             description="strength", style=style, layout=wide)
         self.method.observe(self._on_method, "value")
@@ -467,7 +468,7 @@ class SynthesisPanel(widgets.VBox):
         """Every method on the same painting, prompt and seed, each at its own default strength, into the gallery
         (a stop ends the comparison)."""
         images = []
-        for label in PANEL_METHODS:
+        for label in self.method.options:  # the methods this pipeline runs
             images.append(self.generate(label, self.default_strength(label)))
             if self._stop_requested:
                 break  # generate() clears the request when it starts, so read it before the next one

@@ -1,5 +1,6 @@
 """`gradop.notebook`: the configuration, examples and figures the tutorial notebooks share."""
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -8,7 +9,10 @@ import PIL.Image
 import pytest
 import torch
 
-from gradop.notebook import INPUT_IMAGES, image_grid, load_examples, setup, timed
+from gradop.notebook import image_grid, load_examples, setup, timed
+
+ROOT = Path(__file__).resolve().parents[1]
+INPUT_IMAGES = ROOT / "input-images"
 
 
 def test_examples_come_from_the_manifest_resized():
@@ -26,9 +30,31 @@ def test_a_folder_without_a_manifest_is_a_clear_error(tmp_path):
         load_examples(tmp_path)
 
 
+def test_input_images_are_found_from_the_working_directory_not_the_package(tmp_path, monkeypatch):
+    """An installed package has no input-images/: the notebooks' folder (or any below the checkout) finds the
+    checkout's, GRADOP_INPUT_IMAGES names another, and elsewhere the error says both ways."""
+    import gradop.notebook as nb
+
+    monkeypatch.delenv("GRADOP_INPUT_IMAGES", raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")  # where the notebooks run
+    assert nb.INPUT_IMAGES == nb.find_input_images() == INPUT_IMAGES
+    assert nb.report_rows("| method").startswith("| method")  # the checkout's report, found the same way
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no input-images in .* and GRADOP_INPUT_IMAGES is not set"):
+        nb.find_input_images()
+    (tmp_path / "mine" / "toy").mkdir(parents=True)
+    monkeypatch.setenv("GRADOP_INPUT_IMAGES", str(tmp_path / "mine"))
+    assert nb.find_input_images() == tmp_path / "mine"
+    monkeypatch.setenv("GRADOP_INPUT_IMAGES", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="GRADOP_INPUT_IMAGES is set to .*nowhere.*, which does not exist"):
+        nb.find_input_images()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU choice")
 def test_auto_without_a_gpu_uses_the_toy_model_and_its_paintings(monkeypatch, capsys):
     monkeypatch.delenv("GRADOP_MODEL", raising=False)
+    monkeypatch.delenv("GRADOP_INPUT_IMAGES", raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")
     monkeypatch.setenv("GRADOP_WORK_SIZE", "32")
     cfg = setup()
     assert cfg.is_toy and cfg.work_size == 32
@@ -82,7 +108,7 @@ def test_every_loop_of_one_loopback_call_is_the_call_with_that_many_loops(pipe, 
     assert not torch.equal(every[0], every[2])  # the loops do change the image
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (INPUT_IMAGES.parent / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
 def test_every_notebook_runs_on_a_model_other_than_the_toy(name, tmp_path, monkeypatch):
     """What a Stable Diffusion user runs: each notebook top to bottom on the tiny random SD-shaped model
     (`GRADOP_MODEL=tiny`), so every non-toy branch executes: no judge, the paintings of input-images/,
@@ -90,12 +116,12 @@ def test_every_notebook_runs_on_a_model_other_than_the_toy(name, tmp_path, monke
     import nbformat
     from nbclient import NotebookClient
 
-    notebook = nbformat.read(INPUT_IMAGES.parent / "notebooks" / name, as_version=4)
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     for key, value in {"HF_HUB_OFFLINE": "1", "GRADOP_MODEL": "tiny", "MPLBACKEND": "Agg"}.items():
         monkeypatch.setenv(key, value)  # the kernel inherits the environment
     for key in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR"):
         monkeypatch.setenv(key, str(tmp_path / key.lower()))
     NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(INPUT_IMAGES.parent / "notebooks")}}).execute()
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     first = "".join(o.get("text", "") for o in notebook.cells[1].outputs)
     assert "model: tiny" in first and "input-images" in first and "input-images/toy" not in first

@@ -2,6 +2,7 @@
 released configuration, and the benchmark harness restores the pipeline after each configuration."""
 import contextlib
 import shutil
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -89,8 +90,25 @@ def guided(pipe, painting, method="gradop_plus", **kwargs):
 
 
 @pytest.mark.parametrize("method", ["gradop_plus", "gradop"])
-def test_the_pipelines_own_vae_as_painting_decoder_changes_nothing(pipe, painting, method):
-    assert torch.equal(guided(pipe, painting, method), guided(pipe, painting, method, painting_decoder=pipe.vae))
+def test_a_painting_decoder_is_used_for_the_loss_as_it_is(pipe, painting, method):
+    """A copy of the VAE (another object: it goes through the painting-decoder path, checked and frozen there)
+    steers exactly as the VAE itself; the same copy with its output layer nudged steers differently."""
+    def losses(**kwargs):
+        args = (0.8, 3, 4) if method == "gradop_plus" else (0.6, 4)
+        out = getattr(pipe, method)("a red house", painting, *args, num_inference_steps=6, output_type="pt",
+                                    generator=gen(0), **kwargs)
+        return out.images, torch.cat([torch.as_tensor(h).flatten() for h in out.loss_history])
+
+    copy = deepcopy(pipe.vae)
+    default_images, default_losses = losses()
+    copy_images, copy_losses = losses(painting_decoder=copy)
+    assert torch.equal(copy_images, default_images) and torch.equal(copy_losses, default_losses)
+    assert all(p.grad is None for p in copy.parameters())
+    with torch.no_grad():
+        copy.decoder.conv_out.bias += 0.3  # brighter decodes: another loss landscape
+    nudged_images, nudged_losses = losses(painting_decoder=copy)
+    assert (nudged_losses - default_losses).abs().max() > 1e-3
+    assert not torch.equal(nudged_images, default_images)  # and it is what steered the image
 
 
 def test_a_small_painting_decoder_steers_the_optimisation_only(pipe, painting):
@@ -162,14 +180,16 @@ def test_the_toy_model_guides_through_its_vae_and_its_distilled_decoder_is_opt_i
 def test_the_cli_picks_the_painting_decoder(toy):
     from diffusers import AutoencoderTiny
 
-    from gradop import cli
     from gradop.models import ModelUnavailableError
+    from gradop.runs import painting_decoder  # the CLI's --painting-decoder and the sweep's painting_decoder
 
-    assert cli.painting_decoder(toy, "model") is None
-    assert cli.painting_decoder(toy, "full") is toy.vae
-    assert isinstance(cli.painting_decoder(toy, "toy"), AutoencoderTiny)
+    assert painting_decoder(toy, "model") is None
+    assert painting_decoder(toy, "full") is toy.vae
+    assert isinstance(painting_decoder(toy, "toy"), AutoencoderTiny)
     with pytest.raises(ModelUnavailableError, match="painting decoder"):
-        cli.painting_decoder(toy, "/no/such/folder")
+        painting_decoder(toy, "/no/such/folder")
+    with pytest.raises(TypeError, match="painting_decoder must be one of model, full, toy, taesd"):
+        painting_decoder(toy, 3)
 
 
 # ---------------------------------------------------------------------- the NaN guard

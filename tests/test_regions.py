@@ -181,19 +181,6 @@ def test_every_method_binds_regions_and_weight_zero_changes_nothing(pipe, method
     assert np.array_equal(off, plain) and np.array_equal(not_yet, plain)
 
 
-def test_drop_in_names_take_regions(pipe):
-    kwargs = dict(num_inference_steps=10, regions={RED: "ball"})
-    for drop_in, method, args in [("gradop_plus_stroke2img", "gradop_plus", (draw_painting(),)),
-                                  ("sdedit_img2img", "sdedit", (draw_painting(),)),
-                                  ("text2img_prediction", "text2img", ())]:
-        extra = dict(region_image=draw_painting()) if method == "text2img" else {}
-        a = getattr(pipe, drop_in)(PROMPT, *args, generator=gen(), **kwargs, **extra)
-        a = a if isinstance(a, PIL.Image.Image) else a.images[0]
-        b = getattr(pipe, method)(PROMPT, *args, generator=gen(), **kwargs, **extra).images[0]
-        plain = getattr(pipe, method)(PROMPT, *args, generator=gen(), num_inference_steps=10).images[0]
-        assert np.array_equal(np.asarray(a), np.asarray(b)) and not np.array_equal(np.asarray(a), np.asarray(plain))
-
-
 def test_empty_region_changes_nothing_and_is_reported(pipe):
     one = run(pipe, regions={RED: "ball"})
     with pytest.warns(UserWarning, match="#ff00ff \\('grass'\\) covers no pixel of image"):

@@ -20,8 +20,9 @@ import pytest
 import torch
 from conftest import draw_painting
 
-from gradop.cli import main, parse_region_flags, save_atomically
+from gradop.cli import main, parse_region_flags
 from gradop.images import MAX_SIDE, load_image
+from gradop.runs import save_atomically
 from gradop.sweep import expand, finished
 from gradop.sweep import main as sweep_main
 from gradop.widgets import ScribblePad

@@ -76,3 +76,24 @@ def test_two_processes_split_the_grid_and_a_rerun_does_only_what_is_missing(tmp_
     assert {i: (out / f"{i}.png").stat().st_mtime_ns for i in untouched} == untouched  # finished jobs not redone
     assert finished(out) == {j["id"] for j in expand(GRID)}
     assert "0 to run" in launch(grid_file, out)
+
+
+def test_a_painting_decoder_is_named_as_for_the_gradop_command(tmp_path, capsys):
+    """`painting_decoder` takes the names of `gradop --painting-decoder`, loaded once per name (`gradop.runs`)."""
+    from gradop.sweep import main
+
+    spec = {"model": "toy", "method": "gradop+",
+            "fixed": {"num_inference_steps": 4, "grad_steps_per_iter": 2, "painting": GRID["grid"]["painting"][0]},
+            "grid": {"painting_decoder": ["model", "full", "toy"]}}
+    grid_file, out = tmp_path / "grid.json", tmp_path / "out"
+    grid_file.write_text(json.dumps(spec))
+    assert main([str(grid_file), "--out", str(out)]) == 0, capsys.readouterr().err
+    image = {j["painting_decoder"]: (out / j["image"]).read_bytes() for j in lines(out)}
+    assert sorted(image) == ["full", "model", "toy"]
+    assert image["model"] == image["full"]  # the toy model ships no small decoder: its own choice is the VAE
+    assert image["toy"] != image["full"]  # the distilled decoder steered this one
+
+    spec["grid"]["painting_decoder"] = [3]
+    grid_file.write_text(json.dumps(spec))
+    assert main([str(grid_file), "--out", str(tmp_path / "bad")]) == 2
+    assert "painting_decoder must be one of model, full, toy, taesd" in capsys.readouterr().err

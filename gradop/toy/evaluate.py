@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..colors import to_hex
+from ..experiments import loopback_every_loop, timed
 from ..metrics import painting_distance, realism, semantic_accuracy
-from ..notebook import loopback_every_loop, timed
-from ..regions import to_hex
 from .judge import load_judge, patch_labels
 from .train import HELD_OUT_SEED, as_tensor, vae_reconstruct
 from .world import CLASSES, MODALITIES, PHRASES, make_scene

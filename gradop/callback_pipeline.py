@@ -1,0 +1,253 @@
+"""`CallbackPipeline`: GradOP's method names on any diffusers text-to-image pipeline (SDXL, ...).
+
+    pipe = CallbackPipeline(StableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0"))
+    pipe.gradop_plus(prompt, "painting.png", strength=0.8).images[0]    # the pipeline + `PaintingCallback`
+    pipe.sdedit(prompt, "painting.png", strength=0.8)                    # diffusers' img2img of the same components
+    pipe.text2img(prompt)                                                # the pipeline itself
+
+The wrapped pipeline runs unmodified: GradOP+ is its `callback_on_step_end`, region binding its attention
+processors (`gradop.regions`). Everything else (`pipe.vae`, `pipe.unet`, `pipe.to(...)`, ...) is the pipeline's.
+One difference from `GradOPPipeline` (Stable Diffusion 1, as released): sampling starts from diffusers' start
+noise, ε · `init_noise_sigma`, not from √(1 − ᾱ_{t_0}) ε.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+from collections.abc import Mapping
+from typing import Callable
+
+import PIL.Image
+import torch
+
+from . import checks
+from .callback import PaintingCallback, _run_timesteps
+from .images import check_side, load_image, output_size
+from .noise_schedule import NoiseSchedule
+from .pipeline import GradOPPipeline, GradOPPipelineOutput
+from .regions import RegionBinding, attention_control, bind_regions, token_positions
+
+_SHARED = dict(height=None, width=None, num_inference_steps=50, guidance_scale=None, negative_prompt=None,
+               num_images_per_prompt=1, generator=None, output_type="pil", return_dict=True,
+               callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",), regions=None,
+               region_weight=0.4, region_image=None, region_step_fraction=1.0, attention_store=None)
+
+
+class CallbackPipeline:
+    r"""
+    GradOP+, SDEdit and text-only sampling on an unmodified diffusers text-to-image pipeline, with the method names,
+    arguments and outputs of [`~gradop.GradOPPipeline`].
+
+    Args:
+        pipeline ([`DiffusionPipeline`]): a text-to-image pipeline with a VAE, a scheduler and `callback_on_step_end`
+            (e.g. `StableDiffusionXLPipeline`).
+        painting_sigma_fraction (`float`, *optional*): the painting blur's σ as a fraction of the shorter side
+            (default: the release's 7/512).
+    """
+
+    methods = ("gradop_plus", "sdedit", "text2img")  # what it runs (`gradop.methods.Method.available_on`)
+
+    def __init__(self, pipeline, painting_sigma_fraction: float | None = None):
+        if isinstance(pipeline, (CallbackPipeline, GradOPPipeline)):
+            raise TypeError(f"pipeline must be a diffusers text-to-image pipeline, got a {type(pipeline).__name__} "
+                            "(which has GradOP's methods already)")
+        PaintingCallback(torch.zeros(1, 3, 8, 8), num_iterative_steps=0).check_pipeline(pipeline)
+        self.pipeline = pipeline
+        self.painting_sigma_fraction = None if painting_sigma_fraction is None else \
+            checks.check_sigma_fraction(painting_sigma_fraction)
+        self.painting_decoder = None  # the loss goes through the VAE unless a call passes one
+        self._img2img = None
+        self._call_lock = threading.RLock()
+
+    def __getattr__(self, name):  # vae, unet, scheduler, tokenizer, device, dtype, config, ...: the pipeline's
+        if name == "pipeline":
+            raise AttributeError(name)
+        return getattr(self.pipeline, name)
+
+    def __repr__(self) -> str:
+        return f"CallbackPipeline({type(self.pipeline).__name__})"
+
+    def to(self, *args, **kwargs) -> "CallbackPipeline":
+        self.pipeline.to(*args, **kwargs)
+        return self
+
+    @property
+    def img2img(self):
+        """diffusers' image-to-image pipeline on the same components (SDEdit)."""
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+            from diffusers.utils import logging
+
+            verbosity = logging.get_verbosity()
+            logging.set_verbosity_error()  # from_pipe's notes on dtype casts it does not make
+            try:
+                self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipeline)
+            finally:
+                logging.set_verbosity(verbosity)
+            self._img2img.set_progress_bar_config(**getattr(self.pipeline, "_progress_bar_config", {}))
+        return self._img2img
+
+    # ------------------------------------------------------------------ the methods
+    def gradop_plus(self, prompt, image, strength: float = 0.8, num_iterative_steps: int = 3,
+                    grad_steps_per_iter: int = 12, *, latents: torch.Tensor | None = None, lr: float = 0.1,
+                    optimizer="adam", painting_function="gaussian", blur_target: bool = False,
+                    optimize_target: str = "noisy", painting_decoder=None, freeze_decoder: bool = True, **kwargs):
+        """GradOP+ (single pass): the pipeline with a [`~gradop.PaintingCallback`]. Arguments as in
+        [`~gradop.GradOPPipeline.gradop_plus`]; `guidance_scale=None` is the pipeline's own default; keywords this
+        method does not name go to the pipeline (e.g. SDXL's `original_size`)."""
+        settings, extra = _split(kwargs)
+        GradOPPipeline.check_inputs("gradop_plus", prompt, image, strength=strength,
+                                    num_iterative_steps=num_iterative_steps, grad_steps_per_iter=grad_steps_per_iter,
+                                    lr=lr, optimizer=optimizer, painting_function=painting_function,
+                                    blur_target=blur_target, optimize_target=optimize_target,
+                                    freeze_decoder=freeze_decoder, latents=latents, **_checked(settings))
+        painting = PaintingCallback(
+            image, strength, num_iterative_steps, grad_steps_per_iter, lr, painting_function=painting_function,
+            painting_decoder=painting_decoder, generator=settings["generator"], optimizer=optimizer,
+            blur_target=blur_target, optimize_target=optimize_target, freeze_decoder=freeze_decoder,
+            painting_sigma_fraction=self.painting_sigma_fraction)
+        painting.check_pipeline(self.pipeline)
+        if latents is not None:
+            extra["latents"] = latents
+        paintings = painting.paintings
+        size = self._size(paintings[0], settings) if isinstance(paintings, list) else tuple(paintings.shape[-2:])
+        regions_from = paintings if isinstance(paintings, list) else [load_image(p, "image") for p in paintings]
+        out = self._run(self.pipeline, prompt, size, settings, extra, regions_from, painting)
+        return self._output(out, settings, painting)
+
+    def sdedit(self, prompt, image, strength: float = 0.8, **kwargs):
+        """SDEdit: diffusers' image-to-image pipeline on the same components, from the painting at its size."""
+        settings, extra = _split(kwargs)
+        GradOPPipeline.check_inputs("sdedit", prompt, image, strength=strength, **_checked(settings))
+        images = _load(image, "image")
+        height, width = self._size(images[0], settings)
+        resized = [im.resize((width, height), PIL.Image.LANCZOS) for im in images]  # as VaeImageProcessor resizes
+        extra.update(image=resized if len(resized) > 1 else resized[0], strength=strength)
+        return self._output(self._run(self.img2img, prompt, (height, width), settings, extra, images), settings)
+
+    def text2img(self, prompt, **kwargs):
+        """Text-only samples, the target subspace S_τ; with `regions`, `region_image` is the painting."""
+        settings, extra = _split(kwargs)
+        GradOPPipeline.check_inputs("text2img", prompt, **_checked(settings))
+        return self._output(self._run(self.pipeline, prompt, self._size(None, settings), settings, extra), settings)
+
+    def gradop(self, *args, **kwargs):
+        raise ValueError(f"gradop (multi-pass) is available on Stable Diffusion 1.x/2.x (GradOPPipeline); on "
+                         f"{type(self.pipeline).__name__} use gradop_plus, sdedit or text2img")
+
+    def loopback(self, *args, **kwargs):
+        raise ValueError(f"loopback is available on Stable Diffusion 1.x/2.x (GradOPPipeline); on "
+                         f"{type(self.pipeline).__name__} use gradop_plus, sdedit or text2img")
+
+    # ------------------------------------------------------------------ one run
+    def _size(self, painting, settings) -> tuple[int, int]:
+        factor = self.pipeline.vae_scale_factor
+        if painting is None:
+            default = self.pipeline.unet.config.sample_size * factor
+            return (check_side(settings["height"] or default, "height", factor),
+                    check_side(settings["width"] or default, "width", factor))
+        return output_size(painting, settings["height"], settings["width"], factor)
+
+    def _run(self, pipeline, prompt, size: tuple[int, int], settings: dict, extra: dict, paintings=None,
+             painting: PaintingCallback | None = None):
+        """`pipeline(...)` at `size` with the painting callback (if any) and the user's, and the region binding
+        (whose colours come from `region_image`, else from `paintings`)."""
+        (height, width), prompts = size, checks.check_prompts(prompt)
+        batch = len(prompts) * settings["num_images_per_prompt"]
+        callbacks = [c for c in (painting, settings["callback_on_step_end"]) if c is not None]
+        arguments = dict(height=height, width=width, num_inference_steps=settings["num_inference_steps"],
+                         negative_prompt=settings["negative_prompt"],
+                         num_images_per_prompt=settings["num_images_per_prompt"], generator=settings["generator"],
+                         output_type=settings["output_type"], **extra)
+        if settings["guidance_scale"] is not None:
+            arguments["guidance_scale"] = settings["guidance_scale"]
+        if "height" not in inspect.signature(type(pipeline).__call__).parameters:  # img2img: the image's own size
+            del arguments["height"], arguments["width"]
+        if callbacks:
+            requested = list(settings["callback_on_step_end_tensor_inputs"]) if settings["callback_on_step_end"] else []
+            inputs = list(dict.fromkeys((painting.tensor_inputs if painting else []) + requested))
+            arguments.update(callback_on_step_end=_chain(callbacks, settings["callback_on_step_end_tensor_inputs"]),
+                             callback_on_step_end_tensor_inputs=inputs)
+        region_images = paintings if settings["region_image"] is None else _load(settings["region_image"],
+                                                                                 "region_image")
+        binding = self._binding(prompts, region_images, batch, size, settings)
+        with self._call_lock, attention_control(self.pipeline.unet, binding), _steps_of(pipeline, binding):
+            return pipeline(prompts if len(prompts) > 1 else prompts[0], **arguments)
+
+    def _binding(self, prompts, paintings, batch, size, settings) -> RegionBinding | None:
+        regions, store = settings["regions"], settings["attention_store"]
+        if not regions:
+            return None if store is None else RegionBinding.empty(batch, size, store)
+        tokenizers = [t for t in (self.pipeline.tokenizer, getattr(self.pipeline, "tokenizer_2", None)) if t is not None]
+        for phrase in {spec if isinstance(spec, str) else spec[0] for spec in regions.values()}:
+            for prompt in prompts:  # SDXL's two encoders' states sit side by side per token: positions must agree
+                positions = [token_positions(t, prompt, phrase.strip()) for t in tokenizers]
+                if any(p != positions[0] for p in positions):
+                    raise ValueError(f"regions: the two tokenizers place {phrase!r} at different tokens of {prompt!r} "
+                                     f"({positions}); bind a phrase both split alike")
+        names = ["region_image" if settings["region_image"] is not None else "image"] * len(paintings)
+        return bind_regions(regions, prompts, self.pipeline.tokenizer, paintings, names, batch, size,
+                            region_weight=settings["region_weight"], step_fraction=settings["region_step_fraction"],
+                            schedule=NoiseSchedule(self.pipeline.scheduler), store=store)
+
+    @staticmethod
+    def _output(out, settings, painting: PaintingCallback | None = None):
+        output = GradOPPipelineOutput(images=out.images, loss_history=painting.loss_history if painting else [],
+                                      optimized_timesteps=painting.optimized_timesteps if painting else [])
+        return output if settings["return_dict"] else output.to_tuple()
+
+
+def _split(kwargs: dict) -> tuple[dict, dict]:
+    """The settings every method shares (with their defaults) and the rest, which goes to the pipeline."""
+    settings = {k: kwargs.pop(k, default) for k, default in _SHARED.items()}
+    return settings, kwargs
+
+
+def _checked(settings: dict) -> dict:
+    """The shared settings `GradOPPipeline.check_inputs` validates (guidance None is the pipeline's default; the
+    pipeline itself checks which tensors its callbacks may ask for)."""
+    return {k: v for k, v in settings.items()
+            if v is not None and k not in ("attention_store", "callback_on_step_end_tensor_inputs")}
+
+
+def _load(image, name: str) -> list:
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    return [load_image(im, name if len(images) == 1 else f"{name}[{i}]") for i, im in enumerate(images)]
+
+
+def _chain(callbacks: list, user_inputs) -> Callable:
+    """One `callback_on_step_end` calling each in turn, each seeing the tensors the last returned."""
+    def chained(pipeline, step_index, timestep, tensors):
+        for callback in callbacks:
+            returned = callback(pipeline, step_index, timestep, tensors)
+            if returned is not None:
+                if not isinstance(returned, Mapping):
+                    raise TypeError("callback_on_step_end must return a dict of tensors (or None), got a "
+                                    f"{type(returned).__name__}")
+                tensors = {**tensors, **returned}
+        return tensors
+
+    return chained
+
+
+@contextlib.contextmanager
+def _steps_of(pipeline, binding: RegionBinding | None):
+    """Tell the binding each denoising step's index and σ_t before the UNet runs (a forward pre-hook: diffusers'
+    pipelines have no hook before a step)."""
+    if binding is None:
+        yield
+        return
+
+    def before_unet(module, args, kwargs):
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        timesteps = _run_timesteps(pipeline)
+        matches = (timesteps.to(torch.as_tensor(timestep).device) == timestep).nonzero()
+        index = int(matches[0]) if len(matches) else 0
+        binding.start_step(index, len(timesteps), timestep)
+
+    handle = pipeline.unet.register_forward_pre_hook(before_unet, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
