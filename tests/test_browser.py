@@ -42,7 +42,9 @@ def jupyterlab(tmp_path):
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nbformat.write(notebook, work / NOTEBOOK)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADOP_MODEL=os.environ.get("GRADOP_MODEL", "toy"))
+    # the copy lives outside the checkout: name the checkout's example paintings (gradop.notebook.find_input_images)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADOP_MODEL=os.environ.get("GRADOP_MODEL", "toy"),
+               GRADOP_INPUT_IMAGES=str(ROOT / "input-images"))
     for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR",
                  "JUPYTERLAB_WORKSPACES_DIR", "IPYTHONDIR", "MPLCONFIGDIR"):
         env[name] = str(tmp_path / name.lower())
