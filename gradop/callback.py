@@ -108,10 +108,8 @@ class PaintingCallback(PipelineCallback):
         return ["latents", X0_INPUT] if self.optimize_target == "x0" else ["latents"]
 
     def window(self, num_steps: int) -> range:
-        """The steps after which the latent is optimised: k0 = int(n (1 − strength)) (float truncation, as
-        released: 50 steps at 0.8 give 9), then K in a row."""
-        first = int(num_steps * (1 - self.strength))
-        return range(first, first + self.num_iterative_steps)
+        """The steps after which the latent is optimised (`optimisation_window`)."""
+        return optimisation_window(num_steps, self.strength, self.num_iterative_steps)
 
     # ------------------------------------------------------------------ checks
     def check_pipeline(self, pipeline, method: str = "__call__") -> None:
@@ -142,24 +140,25 @@ class PaintingCallback(PipelineCallback):
     # ------------------------------------------------------------------ the callback
     def callback_fn(self, pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
         if step_index == 0 or self._run is None:
-            self._run = self._start(pipeline, callback_kwargs["latents"])
+            self._run = self._start(pipeline, callback_kwargs["latents"], timestep)
         run = self._run
-        if step_index not in run.window or step_index + 1 >= len(run.timesteps):
+        last = step_index + 1 >= len(run.timesteps)
+        if last:
+            self._run = None  # the run is over: let go of its target, decoder and guide
+        if step_index not in run.window or last:
             return callback_kwargs  # the release never optimises after the last step
         x0 = callback_kwargs.get(X0_INPUT) if run.guide.wants_x0 else None
         latents = run.guide.step(run.schedule, callback_kwargs["latents"], run.timesteps[step_index + 1],
                                  self.generator, x0)
         return {**callback_kwargs, "latents": latents}
 
-    def _start(self, pipeline, latents: torch.Tensor) -> _Run:
+    def _start(self, pipeline, latents: torch.Tensor, first_timestep) -> _Run:
         """A new run: checks, the run's timesteps and window, the target at the latents' size, f and the decoder."""
         self.check_pipeline(pipeline, "gradop_plus" if hasattr(type(pipeline), "gradop_plus") else "__call__")
         self.loss_history, self.optimized_timesteps = [], []
-        timesteps = _run_timesteps(pipeline)
+        timesteps = run_timesteps(pipeline, first_timestep)
         window = self.window(len(timesteps))
-        if self.num_iterative_steps and window.stop > len(timesteps) - 1:
-            raise ValueError(f"the optimisation window (steps {window.start}..{window.stop - 1}) must end before the "
-                             f"last step {len(timesteps) - 1}: raise strength, or lower num_iterative_steps, or add steps")
+        check_window(window, len(timesteps))
         factor = pipeline.vae_scale_factor
         size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         target = self._target(size, len(latents), factor).to(latents.device)
@@ -173,7 +172,7 @@ class PaintingCallback(PipelineCallback):
             target=target, decoder=decoder,
             painting_function=get_painting_function(self.painting_function, target, sigma_fraction),
             grad_steps=self.grad_steps_per_iter, lr=self.lr, optimizer=self.optimizer, blur_target=self.blur_target,
-            optimize_target=self.optimize_target, freeze_decoder=self.freeze_decoder, window=window,
+            optimize_target=self.optimize_target, freeze_decoder=self.freeze_decoder,
             loss_history=self.loss_history, optimized_timesteps=self.optimized_timesteps)
         return _Run(timesteps, window, NoiseSchedule(pipeline.scheduler), guide)
 
@@ -215,11 +214,30 @@ def _paintings(painting):
     return [load_image(image, name) for image, name in zip(images, names)]
 
 
-def _run_timesteps(pipeline) -> torch.Tensor:
-    """The timesteps this run of `pipeline` steps through: the scheduler's, from its begin index (img2img starts
-    late), as many as the pipeline says it runs."""
-    scheduler = pipeline.scheduler
-    begin = getattr(scheduler, "begin_index", None) or 0
-    count = getattr(pipeline, "_num_timesteps", None)
-    timesteps = scheduler.timesteps[begin:]
-    return timesteps[:count] if count else timesteps
+def optimisation_window(num_steps: int, strength: float, num_iterative_steps: int) -> range:
+    """The steps after which GradOP+ optimises: k0 = int(n (1 − strength)) (float truncation, as released: 50 steps
+    at 0.8 give 9), then K in a row."""
+    first = int(num_steps * (1 - strength))
+    return range(first, first + num_iterative_steps)
+
+
+def check_window(window: range, num_steps: int) -> None:
+    """The release never optimises after the last step: a window that would reach it is the user's to move."""
+    if len(window) and window.stop > num_steps - 1:
+        raise ValueError(f"the optimisation window (steps {window.start}..{window.stop - 1}) must end before the "
+                         f"last step {num_steps - 1}: raise strength, or lower num_iterative_steps, or add steps")
+
+
+def run_timesteps(pipeline, first_timestep) -> torch.Tensor:
+    """The timesteps this run of `pipeline` steps through: the scheduler's from `first_timestep`, the run's first
+    (img2img starts late, and DDIM, PNDM and DDPM keep no begin index), as many as the pipeline says it runs
+    (`_num_timesteps`, which SDXL's `denoising_end` shortens)."""
+    timesteps = pipeline.scheduler.timesteps
+    matches = (timesteps == torch.as_tensor(first_timestep).to(timesteps)).nonzero()
+    if not len(matches):
+        raise ValueError(f"{type(pipeline).__name__}'s first step is at timestep {float(first_timestep):g}, which is "
+                         "not in its scheduler's timesteps: PaintingCallback needs a pipeline whose loop steps "
+                         "through scheduler.timesteps")
+    start = int(matches[0])
+    count = getattr(pipeline, "_num_timesteps", None) or len(timesteps) - start
+    return timesteps[start:start + count]

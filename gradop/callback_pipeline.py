@@ -20,12 +20,13 @@ from typing import Callable
 
 import PIL.Image
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from . import checks
-from .callback import PaintingCallback, _run_timesteps
+from .callback import PaintingCallback
 from .images import check_side, load_image, output_size
 from .noise_schedule import NoiseSchedule
-from .pipeline import GradOPPipeline, GradOPPipelineOutput
+from .pipeline import GradOPPipeline, GradOPPipelineOutput, synthesis_method
 from .regions import RegionBinding, attention_control, bind_regions, token_positions
 
 _SHARED = dict(height=None, width=None, num_inference_steps=50, guidance_scale=None, negative_prompt=None,
@@ -46,7 +47,7 @@ class CallbackPipeline:
             (default: the release's 7/512).
     """
 
-    methods = ("gradop_plus", "sdedit", "text2img")  # what it runs (`gradop.methods.Method.available_on`)
+    _OWN = ("pipeline", "painting_sigma_fraction", "painting_decoder", "_img2img", "_call_lock")  # the rest: the pipeline's
 
     def __init__(self, pipeline, painting_sigma_fraction: float | None = None):
         if isinstance(pipeline, (CallbackPipeline, GradOPPipeline)):
@@ -56,7 +57,7 @@ class CallbackPipeline:
         self.pipeline = pipeline
         self.painting_sigma_fraction = None if painting_sigma_fraction is None else \
             checks.check_sigma_fraction(painting_sigma_fraction)
-        self.painting_decoder = None  # the loss goes through the VAE unless a call passes one
+        self.painting_decoder = None  # what gradop_plus's loss decodes through by default: None is the VAE
         self._img2img = None
         self._call_lock = threading.RLock()
 
@@ -64,6 +65,13 @@ class CallbackPipeline:
         if name == "pipeline":
             raise AttributeError(name)
         return getattr(self.pipeline, name)
+
+    def __setattr__(self, name, value):  # `pipe.scheduler = ...`, `pipe.unet = torch.compile(...)`: the pipeline's
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.pipeline, name, value)
+            self._img2img = None  # rebuilt from the changed components when next needed
 
     def __repr__(self) -> str:
         return f"CallbackPipeline({type(self.pipeline).__name__})"
@@ -89,13 +97,15 @@ class CallbackPipeline:
         return self._img2img
 
     # ------------------------------------------------------------------ the methods
+    @synthesis_method
     def gradop_plus(self, prompt, image, strength: float = 0.8, num_iterative_steps: int = 3,
                     grad_steps_per_iter: int = 12, *, latents: torch.Tensor | None = None, lr: float = 0.1,
                     optimizer="adam", painting_function="gaussian", blur_target: bool = False,
                     optimize_target: str = "noisy", painting_decoder=None, freeze_decoder: bool = True, **kwargs):
         """GradOP+ (single pass): the pipeline with a [`~gradop.PaintingCallback`]. Arguments as in
-        [`~gradop.GradOPPipeline.gradop_plus`]; `guidance_scale=None` is the pipeline's own default; keywords this
-        method does not name go to the pipeline (e.g. SDXL's `original_size`)."""
+        [`~gradop.GradOPPipeline.gradop_plus`]; `guidance_scale=None` is the pipeline's own default;
+        `painting_decoder=None` is `pipe.painting_decoder`, itself None (the VAE) unless set; keywords this method
+        does not name go to the pipeline (e.g. SDXL's `original_size`)."""
         settings, extra = _split(kwargs)
         GradOPPipeline.check_inputs("gradop_plus", prompt, image, strength=strength,
                                     num_iterative_steps=num_iterative_steps, grad_steps_per_iter=grad_steps_per_iter,
@@ -104,7 +114,8 @@ class CallbackPipeline:
                                     freeze_decoder=freeze_decoder, latents=latents, **_checked(settings))
         painting = PaintingCallback(
             image, strength, num_iterative_steps, grad_steps_per_iter, lr, painting_function=painting_function,
-            painting_decoder=painting_decoder, generator=settings["generator"], optimizer=optimizer,
+            painting_decoder=self.painting_decoder if painting_decoder is None else painting_decoder,
+            generator=settings["generator"], optimizer=optimizer,
             blur_target=blur_target, optimize_target=optimize_target, freeze_decoder=freeze_decoder,
             painting_sigma_fraction=self.painting_sigma_fraction)
         painting.check_pipeline(self.pipeline)
@@ -116,6 +127,7 @@ class CallbackPipeline:
         out = self._run(self.pipeline, prompt, size, settings, extra, regions_from, painting)
         return self._output(out, settings, painting)
 
+    @synthesis_method
     def sdedit(self, prompt, image, strength: float = 0.8, **kwargs):
         """SDEdit: diffusers' image-to-image pipeline on the same components, from the painting at its size."""
         settings, extra = _split(kwargs)
@@ -126,6 +138,7 @@ class CallbackPipeline:
         extra.update(image=resized if len(resized) > 1 else resized[0], strength=strength)
         return self._output(self._run(self.img2img, prompt, (height, width), settings, extra, images), settings)
 
+    @synthesis_method
     def text2img(self, prompt, **kwargs):
         """Text-only samples, the target subspace S_τ; with `regions`, `region_image` is the painting."""
         settings, extra = _split(kwargs)
@@ -165,10 +178,12 @@ class CallbackPipeline:
         if "height" not in inspect.signature(type(pipeline).__call__).parameters:  # img2img: the image's own size
             del arguments["height"], arguments["width"]
         if callbacks:
-            requested = list(settings["callback_on_step_end_tensor_inputs"]) if settings["callback_on_step_end"] else []
+            user = settings["callback_on_step_end"]
+            # a diffusers PipelineCallback names its own tensors, as diffusers' pipelines read them
+            requested = [] if user is None else list(user.tensor_inputs) if isinstance(
+                user, (PipelineCallback, MultiPipelineCallbacks)) else list(settings["callback_on_step_end_tensor_inputs"])
             inputs = list(dict.fromkeys((painting.tensor_inputs if painting else []) + requested))
-            arguments.update(callback_on_step_end=_chain(callbacks, settings["callback_on_step_end_tensor_inputs"]),
-                             callback_on_step_end_tensor_inputs=inputs)
+            arguments.update(callback_on_step_end=_chain(callbacks), callback_on_step_end_tensor_inputs=inputs)
         region_images = paintings if settings["region_image"] is None else _load(settings["region_image"],
                                                                                  "region_image")
         binding = self._binding(prompts, region_images, batch, size, settings)
@@ -216,7 +231,7 @@ def _load(image, name: str) -> list:
     return [load_image(im, name if len(images) == 1 else f"{name}[{i}]") for i, im in enumerate(images)]
 
 
-def _chain(callbacks: list, user_inputs) -> Callable:
+def _chain(callbacks: list) -> Callable:
     """One `callback_on_step_end` calling each in turn, each seeing the tensors the last returned."""
     def chained(pipeline, step_index, timestep, tensors):
         for callback in callbacks:
@@ -234,17 +249,19 @@ def _chain(callbacks: list, user_inputs) -> Callable:
 @contextlib.contextmanager
 def _steps_of(pipeline, binding: RegionBinding | None):
     """Tell the binding each denoising step's index and σ_t before the UNet runs (a forward pre-hook: diffusers'
-    pipelines have no hook before a step)."""
+    pipelines have no hook before a step). The index counts the run's UNet calls, one per step (classifier-free
+    guidance batches both halves into one call), so a late start (img2img) counts from its own first step."""
     if binding is None:
         yield
         return
+    calls = 0
 
     def before_unet(module, args, kwargs):
+        nonlocal calls
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        timesteps = _run_timesteps(pipeline)
-        matches = (timesteps.to(torch.as_tensor(timestep).device) == timestep).nonzero()
-        index = int(matches[0]) if len(matches) else 0
-        binding.start_step(index, len(timesteps), timestep)
+        steps = getattr(pipeline, "_num_timesteps", None) or len(pipeline.scheduler.timesteps)
+        binding.start_step(calls, steps, timestep)
+        calls += 1
 
     handle = pipeline.unet.register_forward_pre_hook(before_unet, with_kwargs=True)
     try:

@@ -8,6 +8,8 @@ import time
 import numpy as np
 import torch
 
+from .noise_schedule import decode_latents
+
 
 def timed(fn, repeats: int = 3, warmup: bool = True):
     """(median seconds of `repeats` runs after one warm-up run, the last result).
@@ -45,5 +47,5 @@ def loopback_every_loop(pipe, prompts, images, num_loops: int, strength: float =
     pipe.loopback(prompts, images, strength=strength, num_loops=num_loops, generator=generator, output_type="latent",
                   num_inference_steps=num_inference_steps, callback_on_step_end=keep, **kwargs)
     with torch.no_grad():  # decoded and post-processed as the pipeline's own output_type="pt"
-        return [pipe.image_processor.postprocess(pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample.float(),
-                                                 output_type="pt").cpu() for z in ends]
+        return [pipe.image_processor.postprocess(decode_latents(pipe.vae, z).float(), output_type="pt").cpu()
+                for z in ends]

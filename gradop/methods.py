@@ -68,8 +68,11 @@ class Method:
         return defaults
 
     def available_on(self, pipe) -> bool:
-        """Whether `pipe` runs this method: a `GradOPPipeline` runs all, a `CallbackPipeline` (SDXL) those it lists."""
-        return self.attribute in getattr(pipe, "methods", (self.attribute,))
+        """Whether `pipe` runs this method: a `GradOPPipeline` runs all, a `CallbackPipeline` (SDXL) those it marks
+        (`pipeline.synthesis_method`)."""
+        from .pipeline import synthesis_methods
+
+        return self.attribute in synthesis_methods(type(pipe))
 
     def accepts(self, key: str) -> bool:
         """Whether `key` is a setting this table takes for any method (shared) or a keyword of this method."""

@@ -112,3 +112,10 @@ class LatentScaling:
             yield torch.float32
         finally:
             decoder.to(torch.float16)
+
+
+def decode_latents(decoder, latents: torch.Tensor) -> torch.Tensor:
+    """D(z) in [-1, 1] of the model's latents z: the decoder's own latent scaling, in float32 where it must be."""
+    scaling = LatentScaling.of(decoder)
+    with scaling.decoding(decoder) as dtype:
+        return decoder.decode(scaling.to_decoder(latents).to(dtype), return_dict=False)[0]

@@ -186,7 +186,6 @@ class PaintingGuide:
             or the predicted clean one.
         freeze_decoder (`bool`): keep gradients out of the decoder's weights (the release lets them accumulate:
             same images, more time and memory).
-        window (`range`): the denoising steps after which GradOP+ optimises (empty for GradOP).
     """
 
     target: torch.Tensor
@@ -198,7 +197,6 @@ class PaintingGuide:
     blur_target: bool = False
     optimize_target: str = "noisy"
     freeze_decoder: bool = True
-    window: range = range(0)
     loss_history: list = field(default_factory=list)  # one [grad_steps, B] tensor per descent
     optimized_timesteps: list = field(default_factory=list)  # GradOP+: the level t_{i+1} of each window
 

@@ -25,9 +25,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import checks
-from .callback import X0_INPUT, PaintingCallback
+from .callback import X0_INPUT, PaintingCallback, check_window, optimisation_window
 from .images import check_side, load_image, output_size
-from .noise_schedule import LatentScaling, NoiseSchedule
+from .noise_schedule import LatentScaling, NoiseSchedule, decode_latents
 from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
 from .regions import AttentionStore, RegionBinding, attention_control, bind_regions, parse_regions
@@ -103,6 +103,19 @@ def _one_call_at_a_time(method):
             return method(self, *args, **kwargs)
 
     return serialised
+
+
+def synthesis_method(method):
+    """Marks a pipeline method as one of the synthesis methods (`gradop.methods.METHODS` runs them by name, and
+    `check_inputs` takes their names): the outermost decorator, so the mark is on what the class holds."""
+    method.is_synthesis_method = True
+    return method
+
+
+def synthesis_methods(pipeline_class) -> tuple[str, ...]:
+    """The names of the synthesis methods `pipeline_class` runs (`synthesis_method`)."""
+    return tuple(name for name in dir(pipeline_class)
+                 if getattr(getattr(pipeline_class, name, None), "is_synthesis_method", False))
 
 
 def _arguments(scope: dict) -> dict:
@@ -184,6 +197,7 @@ class GradOPPipeline(DiffusionPipeline):
         return _with_named_scheduler(pipe, scheduler, pipeline.scheduler.config)
 
     # ------------------------------------------------------------------ public methods
+    @synthesis_method
     @torch.no_grad()
     @_one_call_at_a_time
     def gradop_plus(
@@ -324,6 +338,7 @@ class GradOPPipeline(DiffusionPipeline):
         # 6. Decode
         return self._finish(latents, call)
 
+    @synthesis_method
     @torch.no_grad()
     @_one_call_at_a_time
     def gradop(
@@ -407,6 +422,7 @@ class GradOPPipeline(DiffusionPipeline):
         call.guide = guide  # for its loss history
         return self._finish(latents, call)
 
+    @synthesis_method
     def sdedit(self, prompt: str | list[str], image, strength: float = 0.8, **kwargs):
         r"""
         SDEdit (diffusers' img2img): encode the painting, noise it to `strength`, denoise with the prompt.
@@ -424,6 +440,7 @@ class GradOPPipeline(DiffusionPipeline):
             raise TypeError("sdedit takes no num_loops: it is one SDEdit pass; use loopback(num_loops=...)")
         return self.loopback(prompt, image, strength, 1, **kwargs)
 
+    @synthesis_method
     @torch.no_grad()
     @_one_call_at_a_time
     def loopback(
@@ -482,6 +499,7 @@ class GradOPPipeline(DiffusionPipeline):
         # 5. Decode
         return self._finish(latents, call)
 
+    @synthesis_method
     @torch.no_grad()
     @_one_call_at_a_time
     def text2img(
@@ -557,9 +575,8 @@ class GradOPPipeline(DiffusionPipeline):
         depends on the model (image sizes against its VAE factor, the scheduler, the painting decoder) is
         checked where it is prepared. The painting itself is read by `prepare_image`.
         """
-        if not (isinstance(method, str) and "prompt" in inspect.signature(getattr(cls, method, len)).parameters
-                and method in vars(cls) and not method.startswith("_")):  # the synthesis methods: gradop.methods
-            raise ValueError(f"method must be a GradOPPipeline synthesis method (gradop.methods.METHODS), got {method!r}")
+        if not isinstance(method, str) or method not in synthesis_methods(cls):
+            raise ValueError(f"method must be one of {synthesis_methods(cls)} (gradop.methods.METHODS), got {method!r}")
         prompts = checks.check_prompts(prompt)
         if method != "text2img" and image is None:
             raise TypeError(f"{method} needs the painting as image: a file path, PIL image, numpy array or torch tensor")
@@ -581,11 +598,9 @@ class GradOPPipeline(DiffusionPipeline):
             if method == "text2img" and arguments.get("region_image") is None:
                 raise ValueError("regions need a painting whose colours define them: pass region_image=<the painting>")
         if method == "gradop_plus":
-            steps, k = arguments.get("num_inference_steps", 50), arguments.get("num_iterative_steps", 3)
-            first = int(steps * (1 - arguments.get("strength", 0.8)))  # k0, as `gradop_plus` computes it
-            if k and first + k > steps - 1:
-                raise ValueError(f"the optimisation window (steps {first}..{first + k - 1}) must end before the last "
-                                 f"step {steps - 1}: raise strength, or lower num_iterative_steps, or add steps")
+            steps = arguments.get("num_inference_steps", 50)
+            check_window(optimisation_window(steps, arguments.get("strength", 0.8),
+                                             arguments.get("num_iterative_steps", 3)), steps)
 
     def encode_prompt(self, prompt, num_images_per_prompt=1, negative_prompt=None, do_classifier_free_guidance=True):
         """Text embeddings `[batch, seq, dim]`, with the unconditional ones first when guiding (as diffusers)."""
@@ -761,9 +776,7 @@ class GradOPPipeline(DiffusionPipeline):
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """D(z) in [-1, 1] by the VAE, with its latent scaling (and in float32 if it must be: `force_upcast`)."""
-        scaling = LatentScaling.of(self.vae)
-        with scaling.decoding(self.vae) as dtype:
-            return self.vae.decode(scaling.to_decoder(latents).to(dtype), return_dict=False)[0]
+        return decode_latents(self.vae, latents)
 
     # ------------------------------------------------------------------ small helpers
     def _start_call(self, arguments: dict) -> _Call:

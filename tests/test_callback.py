@@ -10,7 +10,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, SDXLCFGCutoffCallback
 
 from gradop import CallbackPipeline, GradOPPipeline, PaintingCallback, load_pipeline
 from gradop.methods import get_method
-from gradop.noise_schedule import LatentScaling, NoiseSchedule
+from gradop.noise_schedule import LatentScaling, NoiseSchedule, decode_latents
 from gradop.optimize import decode_for_loss
 from gradop.regions import AttentionStore, token_positions
 from gradop.testing import tiny_components, tiny_sdxl_components, tiny_sdxl_pipeline
@@ -211,6 +211,7 @@ def test_latent_scaling_follows_the_vae_config():
     z = torch.randn(1, 4, 8, 8)
     expected = ((vae.decode(z / 1.5 + 0.25).sample + 1) / 2).clamp(0, 1)  # by hand: z_vae = z / s + shift
     torch.testing.assert_close(decode_for_loss(vae, z), expected)
+    torch.testing.assert_close(decode_latents(vae, z), vae.decode(z / 1.5 + 0.25).sample)  # the pipelines' decode
     assert LatentScaling.of(vae).from_encoder(LatentScaling.of(vae).to_decoder(z)).sub(z).abs().max() < 1e-6
     half = AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=8, layers_per_block=1, latent_channels=4,
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -284,3 +285,75 @@ def test_sdxl_memory_levers_float16_tiled_checkpointed():
     assert pipe.vae.tile_latent_min_size < 2 * SIZE // 8  # the loss really went through tiles
     for losses in callback.loss_history:
         assert torch.isfinite(losses).all() and losses[-1, 0] < losses[0, 0]
+
+
+# ---------------------------------------------------------------------- runs that start late, the method marks, the wrapper
+def test_callback_on_img2img_optimises_at_the_runs_own_timesteps():
+    """img2img starts late, and DDIM keeps no begin index: the window and the re-noising levels are the run's own
+    steps (the tail of the schedule), not the schedule's head."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline(**tiny_components(), safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    callback = PaintingCallback(painting(), strength=0.8, num_iterative_steps=2, grad_steps_per_iter=2,
+                                generator=torch.Generator().manual_seed(1))
+    pipe(PROMPT, image=painting(), strength=0.8, num_inference_steps=10, output_type="np",
+         generator=torch.Generator().manual_seed(0), callback_on_step_end=callback,
+         callback_on_step_end_tensor_inputs=callback.tensor_inputs)
+    run = pipe.scheduler.timesteps[10 - 8:]  # by hand: the last 8 of 10 steps (DDIM, leading, offset 1)
+    assert run.tolist() == [701, 601, 501, 401, 301, 201, 101, 1]
+    # k0 = int(8 (1 - 0.8)) = 1: after run steps 1 and 2, the latents at run[2] and run[3]
+    assert callback.optimized_timesteps == [501, 401]
+
+
+def test_region_steps_count_from_a_late_start(sdxl, monkeypatch):
+    """On SDXL's img2img (SDEdit) the binding is told the run's own step index and length."""
+    from gradop.regions import RegionBinding
+
+    seen = []
+    original = RegionBinding.start_step
+    monkeypatch.setattr(RegionBinding, "start_step",
+                        lambda self, index, steps, t: (seen.append((index, steps)), original(self, index, steps, t)))
+    CallbackPipeline(sdxl).sdedit(PROMPT, painting(), strength=0.8, num_inference_steps=10, output_type="np",
+                                  regions={"#dc1e1e": "house"}, region_step_fraction=0.5,
+                                  generator=torch.Generator().manual_seed(0))
+    assert seen == [(i, 8) for i in range(8)]
+
+
+def test_the_synthesis_methods_are_the_method_tables():
+    from gradop.methods import METHODS
+    from gradop.pipeline import synthesis_methods
+
+    assert set(synthesis_methods(GradOPPipeline)) == {m.attribute for m in METHODS.values()}
+    assert set(synthesis_methods(CallbackPipeline)) == {"gradop_plus", "sdedit", "text2img"}
+    for not_a_method in ("encode_prompt", "check_inputs", "gradop_plus_stroke2img", "__init__", 3):
+        with pytest.raises(ValueError, match="method must be one of"):
+            GradOPPipeline.check_inputs(not_a_method, PROMPT, painting())
+
+
+def test_callback_pipeline_takes_a_diffusers_callbacks_own_tensor_inputs(sdxl):
+    """A diffusers PipelineCallback names the tensors it needs (SDXL's CFG cut-off: prompt_embeds and more), as
+    when it is passed to the pipeline itself."""
+    cutoff = SDXLCFGCutoffCallback(cutoff_step_ratio=0.5)
+    ours = CallbackPipeline(sdxl).text2img(PROMPT, height=SIZE, width=SIZE, num_inference_steps=10, output_type="np",
+                                           callback_on_step_end=cutoff, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(ours.images, run(sdxl, cutoff))
+
+
+def test_callback_pipeline_sets_the_pipelines_attributes(sdxl):
+    from copy import deepcopy
+
+    from gradop import make_scheduler
+
+    pipe = CallbackPipeline(tiny_sdxl_pipeline())
+    pipe.scheduler = make_scheduler("euler", pipe.scheduler.config)
+    assert type(pipe.pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert type(pipe.img2img.scheduler).__name__ == "EulerDiscreteScheduler"  # rebuilt from the new components
+    decoder, calls = deepcopy(pipe.vae), []
+    decoder.decoder.register_forward_hook(lambda *args: calls.append(1))
+    pipe.painting_decoder = decoder  # the default of gradop_plus's painting_decoder, as on GradOPPipeline
+    assert "painting_decoder" not in vars(pipe.pipeline)
+    pipe.gradop_plus(PROMPT, painting(), num_inference_steps=6, grad_steps_per_iter=2, output_type="np")
+    # one probe decode (check_painting_decoder: its output size), then K windows of N forward passes
+    assert len(calls) == 1 + 3 * 2
