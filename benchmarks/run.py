@@ -4,7 +4,12 @@
     python benchmarks/run.py --config sd-arch --quick                  # SD v1's architecture, random weights, 256² (CPU)
     python benchmarks/run.py --config sd-arch --device cuda            # 512², 50 steps, fp16 (GPU)
     python benchmarks/run.py --config sd-arch --device cuda --batches 1 4 8   # images per second
-    python benchmarks/run.py --config sd-arch --decoder-memory --size 1024    # one decoder step: plain/checkpointed/tiled
+    python benchmarks/run.py --config sd-arch --decoder-memory --size 1024    # one decoder step: plain/checkpointed/tiled/TAESD
+    python benchmarks/run.py --config sdxl-arch --quick                # SDXL base 1.0's architecture, random weights, 256² (CPU)
+    python benchmarks/run.py --config sdxl-arch --device cuda          # 1024², 50 steps, fp16 (GPU)
+    python benchmarks/run.py --config sdxl-arch --device cuda --decoder-memory --size 1024   # one decoder step at 1024²
+    python benchmarks/run.py --config sdxl-arch --decoder-memory --size 1024 --memory-only \
+        --only '+ decoder checkpointing' '+ tiled decoding' 'painting decoder'   # CPU, 24 GB: the plain row does not fit
 
 Every variant runs on the same prompt, painting and seed: a warm-up (see `measure`), then `--repeats` rounds over
 all variants (interleaved, so that drifting machine speed hits every row alike), and the median. Peak memory is
@@ -16,7 +21,20 @@ is printed and appended, with device, versions, date and command, to benchmarks/
 and attention without a fused kernel (torch 1.x had none). "gradop default" is GradOP+ as this package runs
 it by default (through the full decoder, frozen). The rows "+ X" are the released
 configuration with optimisation X alone. "painting decoder" is a small surrogate decoder used only inside
-the optimisation: the distilled one bundled with the toy model, or TAESD's architecture for sd-arch.
+the optimisation: the distilled one bundled with the toy model, TAESD's architecture for sd-arch, or TAESD-XL's
+(the same `AutoencoderTiny` configuration) for sdxl-arch, random weights.
+
+sdxl-arch is SDXL base 1.0's architecture (UNet 2.6B, VAE 84M, CLIP ViT-L/14 + OpenCLIP ViT-bigG/14 text encoders,
+random weights) run through `gradop.CallbackPipeline` (diffusers' `StableDiffusionXLPipeline` with GradOP+ as its
+`callback_on_step_end`, SDEdit as diffusers' SDXL img2img) on the released DDIM scheduler. Its rows are the ones
+that apply to it: text2img, sdedit 0.8, GradOP+ as this package runs it (full decoder, frozen), + the painting
+decoder, + decoder checkpointing and + tiled decoding (each on top of the default). There are no "released"
+rows: the release is SD 1 only, and an fp32 SDXL (14 GB of weights) does not fit beside a run in 24 GB of RAM.
+On a CPU the UNet's and text encoders' weights are stored in bfloat16 and computed in float32, layer by layer
+(`--weights`, `store_weights`): 7 GB of weights instead of 14, and float32 speed (this CPU has no bfloat16
+arithmetic: a bfloat16 matmul is 65x slower than float32). With `--decoder-memory` only the VAE (and the
+TAESD-XL-architecture decoder) is built, float32 on a CPU, float16 on a GPU (where SDXL's VAE, `force_upcast`,
+decodes in float32 anyway).
 """
 from __future__ import annotations
 
@@ -44,9 +62,18 @@ PROMPT = "a photo of a lake near a meadow and snowy mountains"
 
 
 # ---------------------------------------------------------------------- models
+def sd_arch_vae():
+    """Stable Diffusion v1's VAE (84M), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+
+
 def sd_arch_pipeline():
     """Stable Diffusion v1's exact architecture (UNet 860M, VAE 84M, CLIP ViT-L/14 text encoder), random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from gradop import GradOPPipeline, released_ddim_scheduler
@@ -57,9 +84,7 @@ def sd_arch_pipeline():
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    vae = sd_arch_vae()
     tokenizer = tiny_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
@@ -70,12 +95,157 @@ def sd_arch_pipeline():
                           scheduler=released_ddim_scheduler())
 
 
-def load(config: str, device: str):
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Build models directly in `dtype` (no float32 copy first: SDXL's UNet alone is 10 GB in float32)."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def sdxl_arch_vae():
+    """SDXL base 1.0's VAE: SD's architecture, its scaling factor, `force_upcast` (overflows in float16)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
+        scaling_factor=0.13025, force_upcast=True).eval()
+
+
+_STORED_SKIP = ("norm", "embedding", "conv_in", "conv_out")  # kept in the compute dtype: small, and conv_in's
+# weight (the UNet's first) is the one diffusers reports as the UNet's dtype
+
+
+def store_weights(model, storage: torch.dtype, compute: torch.dtype):
+    """Keep `model`'s convolutions and linear layers in `storage`, each converted to `compute` just before it runs
+    (into one reused buffer: no allocation, no conversion back) and given back its stored weights after; the norms,
+    embeddings (time, added, token), conv_in and conv_out are kept in `compute`. The outputs, and `model.dtype` as
+    diffusers and transformers report it, are `compute`'s. Inference only (gradients fall back to a fresh copy).
+    For a `model` built in `storage`: the layers kept in `compute` are converted here, one at a time."""
+    scratch = {}  # slot -> flat `compute` buffer, as large as the largest weight (slot 0) and bias (slot 1)
+
+    def view(slot: int, like: torch.Tensor) -> torch.Tensor:
+        if slot not in scratch or scratch[slot].numel() < like.numel() or scratch[slot].device != like.device:
+            scratch[slot] = torch.empty(like.numel(), dtype=compute, device=like.device)
+        return scratch[slot][:like.numel()].view(like.shape)
+
+    def before(module, args):
+        for slot, param in enumerate(module._stored):
+            stored = param.data
+            param.data = stored.to(compute) if torch.is_grad_enabled() else view(slot, stored).copy_(stored)
+            module._stored[param] = stored
+
+    def after(module, args, output):
+        for param, stored in module._stored.items():
+            param.data = stored
+
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False)]
+        stored = isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not any(k in name for k in _STORED_SKIP)
+        if stored:
+            for param in own:
+                param.data = param.data.to(storage)
+            module._stored = dict.fromkeys(own)  # weight, bias -> its stored tensor while the layer runs
+            module.register_forward_pre_hook(before)
+            module.register_forward_hook(after)
+        else:
+            for param in own:
+                param.data = param.data.to(compute)
+            for key, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point():
+                    module._buffers[key] = buffer.to(compute)
+    return model
+
+
+def sdxl_arch_pipeline(dtype=torch.float32, storage: torch.dtype | None = None):
+    """SDXL base 1.0's exact architecture (UNet 2.6B, VAE 84M, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text
+    encoders, the second with its projection), random weights, computing in `dtype`, in a `gradop.CallbackPipeline`
+    on the released DDIM scheduler. `storage`: the UNet's and text encoders' weights are kept in that dtype and cast
+    to `dtype` layer by layer (`store_weights`): bfloat16 weights computed in float32 on a CPU, where the float32
+    pipeline (14 GB) does not fit beside a run, and bfloat16 arithmetic is 65x slower than float32 (no AVX512-BF16)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from gradop import CallbackPipeline, make_scheduler
+    from gradop.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()  # no hub tokenizer offline; the encoders keep CLIP's 49408-token embeddings
+    special = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
+                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    builders = {
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text tower
+            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+            hidden_act="quick_gelu", projection_dim=768, **special)),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(  # OpenCLIP ViT-bigG/14's
+            hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+            hidden_act="gelu", projection_dim=1280, **special)),
+        "vae": sdxl_arch_vae,
+        "unet": lambda: UNet2DConditionModel(
+            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+            cross_attention_dim=2048, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
+    }
+    models = {}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(offset)
+        stored = storage not in (None, dtype) and name != "vae"
+        with default_dtype(storage if stored else dtype):  # built in its storage dtype: no float32 copy first
+            models[name] = build().eval()
+        if stored:
+            store_weights(models[name], storage, dtype)
+    xl = StableDiffusionXLPipeline(**models, tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(),
+                                   scheduler=make_scheduler("ddim"), image_encoder=None, feature_extractor=None)
+    return CallbackPipeline(xl)
+
+
+def load(config: str, device: str, dtype=torch.float32, storage=None):
     from gradop import load_pipeline
 
-    pipe = load_pipeline("toy", device="cpu", verbose=False) if config == "toy" else sd_arch_pipeline()
+    if config == "toy":
+        pipe = load_pipeline("toy", device="cpu", verbose=False)
+    elif config == "sdxl-arch":
+        pipe = sdxl_arch_pipeline(dtype, storage)
+    else:
+        pipe = sd_arch_pipeline()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_vae(config: str, device: str):
+    """The VAE alone (for `--decoder-memory`) and its scale factor."""
+    if config == "toy":
+        pipe = load(config, "cpu")
+        return pipe.vae.to(device), pipe.vae_scale_factor
+    if config == "sdxl-arch":
+        return sdxl_arch_vae().to(device), 8
+    torch.manual_seed(0)
+    return sd_arch_vae().eval().to(device), 8
+
+
+def target_of(pipe):
+    """The diffusers pipeline a configuration is applied to: a `CallbackPipeline`'s wrapped one (assigning
+    `wrapper.unet` would set an attribute on the wrapper), else `pipe` itself."""
+    from gradop import CallbackPipeline
+
+    return pipe.pipeline if isinstance(pipe, CallbackPipeline) else pipe
+
+
+def release_memory():
+    """Give freed memory back to the system (so that a child process measuring peaks has room)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def painting(size: int):
@@ -95,7 +265,7 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
     decoding (diffusers' `enable_tiling` with that size); `compile_models`: torch.compile the UNet and decoder."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    saved_unet = pipe.unet
+    saved_unet, saved_dtype = pipe.unet, pipe.dtype
     saved_tiles = pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size
     saved_processors = [(model, dict(model.attn_processors)) for model in (pipe.unet, pipe.vae)]
     if pipe.dtype != dtype:
@@ -131,13 +301,48 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
             pipe.vae.disable_gradient_checkpointing()
         pipe.vae.disable_tiling()
         pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size = saved_tiles
-        if pipe.dtype != torch.float32:
-            pipe.to(dtype=torch.float32)
+        if pipe.dtype != saved_dtype:
+            pipe.to(dtype=saved_dtype)
 
 
-def variants(fast_dtype, pipe, tile: int, with_compile: bool):
+@contextlib.contextmanager
+def decoder_configured(vae, dtype, scale_factor: int, checkpointing=False, tile=None):
+    """`configured` for a decoder alone (`--decoder-memory`): dtype, gradient checkpointing, tiles; restored after."""
+    saved_dtype = vae.dtype
+    tiled = hasattr(vae, "tile_latent_min_size")
+    saved_tiles = (vae.tile_latent_min_size, vae.tile_sample_min_size) if tiled else None
+    vae.to(dtype=dtype)
+    if checkpointing:
+        vae.enable_gradient_checkpointing()
+    if tile:
+        vae.enable_tiling()
+        vae.tile_latent_min_size, vae.tile_sample_min_size = tile, tile * scale_factor
+    try:
+        yield vae
+    finally:
+        if checkpointing:
+            vae.disable_gradient_checkpointing()
+        if tile:
+            vae.disable_tiling()
+            vae.tile_latent_min_size, vae.tile_sample_min_size = saved_tiles
+        vae.to(dtype=saved_dtype)
+
+
+def variants(fast_dtype, pipe, tile: int, with_compile: bool, config: str = "sd-arch"):
     """name -> (method, configuration, painting decoder). The "+ X" rows change one thing from "released".
-    painting decoder: "full" (the VAE, as released), "model" (the pipeline's default) or "surrogate"."""
+    painting decoder: "full" (the VAE, as released), "model" (the pipeline's default) or "surrogate".
+    sdxl-arch: the rows that apply to SDXL (no released configuration; see the module's notes)."""
+    if config == "sdxl-arch":
+        default = dict(dtype=fast_dtype, freeze_decoder=True, sdpa=True)
+        return {
+            "text2img": ("text2img", default, None),
+            "sdedit 0.8": ("sdedit", default, None),
+            "gradop+ (gradop default)": ("gradop_plus", default, "model"),
+            "gradop default + painting decoder": ("gradop_plus", default, "surrogate"),
+            "gradop default + decoder checkpointing": ("gradop_plus", default | dict(checkpointing=True), "full"),
+            f"gradop default + tiled decoding ({tile}-latent tiles)": ("gradop_plus", default | dict(tile=tile),
+                                                                       "full"),
+        }
     released = dict(freeze_decoder=False, sdpa=False)
     default = dict(dtype=fast_dtype, freeze_decoder=True, sdpa=True)
     rows = {
@@ -204,17 +409,23 @@ class PeakMemory:
             self.peak_mb = max(self._peak, self.rss_mb()) - self._start
 
 
-def surrogate_decoder(config: str, pipe):
+def surrogate_decoder(config: str, device):
     """The small decoder GradOP+ can differentiate through: the bundled distilled one for the toy model,
-    TAESD's architecture (random weights, same cost) for sd-arch."""
+    TAESD's architecture (random weights, same cost) for sd-arch, TAESD-XL's for sdxl-arch (madebyollin/taesdxl
+    has the same `AutoencoderTiny` configuration as madebyollin/taesd, other weights)."""
     from diffusers import AutoencoderTiny
 
     if config == "toy":
         from gradop.models import load_painting_decoder
 
-        return load_painting_decoder("toy", device=pipe.device)  # distilled from the toy VAE
+        return load_painting_decoder("toy", device=device)  # distilled from the toy VAE
     torch.manual_seed(0)
-    return AutoencoderTiny().to(pipe.device).eval()  # TAESD's default configuration
+    with default_dtype(torch.float32):
+        return AutoencoderTiny().to(device).eval()  # TAESD's (and TAESD-XL's) default configuration
+
+
+SURROGATE_NAME = {"toy": "painting decoder (bundled, distilled)", "sd-arch": "painting decoder (TAESD's architecture)",
+                  "sdxl-arch": "painting decoder (TAESD-XL's architecture)"}
 
 
 def run_once(pipe, row, args, target, surrogate, batch: int):
@@ -230,7 +441,7 @@ def run_once(pipe, row, args, target, surrogate, batch: int):
         settings["freeze_decoder"] = config.pop("freeze_decoder", True)
     else:
         config.pop("freeze_decoder", None)
-    with configured(pipe, **config):
+    with configured(target_of(pipe), **config):
         if decoder == "full":
             settings["painting_decoder"] = pipe.vae
         elif decoder == "surrogate":
@@ -289,23 +500,32 @@ def peaks_only(pipe, rows, args, target, surrogate) -> dict:
     return {name: run_once(pipe, row, args, target, surrogate, args.batch)[1] for name, row in rows.items()}
 
 
-def decoder_memory(pipe, args, dtype) -> dict:
-    """Forward + backward through the full decoder alone at `--size` (what one gradient step costs):
-    frozen weights; + gradient checkpointing; + tiled decoding. name -> (median seconds, peak MB)."""
+def decoder_rows(config: str, tile: int) -> dict:
+    """name -> (which decoder, its configuration) of `--decoder-memory`."""
+    return {"frozen decoder": ("vae", {}), "+ decoder checkpointing": ("vae", dict(checkpointing=True)),
+            f"+ tiled decoding ({tile}-latent tiles)": ("vae", dict(tile=tile)),
+            SURROGATE_NAME[config]: ("surrogate", {})}
+
+
+def decoder_memory(vae, scale_factor: int, surrogate, rows: dict, args, dtype) -> dict:
+    """Forward + backward through a decoder alone at `--size` (what one gradient step costs), its weights
+    frozen: the full decoder; + gradient checkpointing; + tiled decoding; the painting decoder.
+    name -> (median seconds, peak MB)."""
     from gradop.optimize import decode_for_loss, frozen
 
-    latents = torch.randn(1, pipe.vae.config.latent_channels, args.size // pipe.vae_scale_factor,
-                          args.size // pipe.vae_scale_factor, generator=torch.Generator().manual_seed(0))
-    latents = latents.to(pipe.device, dtype)
+    latents = torch.randn(1, vae.config.latent_channels, args.size // scale_factor, args.size // scale_factor,
+                          generator=torch.Generator().manual_seed(0))
+    latents = latents.to(vae.device, dtype)
     results = {}
-    for name, config in {"frozen decoder": {}, "+ decoder checkpointing": dict(checkpointing=True),
-                         f"+ tiled decoding ({args.tile}-latent tiles)": dict(tile=args.tile)}.items():
-        def step():
-            decode_for_loss(pipe.vae, latents.clone().requires_grad_(True)).square().mean().backward()
+    for name, (which, config) in rows.items():
+        decoder = vae if which == "vae" else surrogate
 
-        with configured(pipe, dtype=dtype, **config), frozen(pipe.vae):
+        def step():
+            decode_for_loss(decoder, latents.clone().requires_grad_(True)).square().mean().backward()
+
+        with decoder_configured(decoder, dtype, scale_factor, **config), frozen(decoder):
             # a child measuring peaks takes the first call (see cpu_peaks); timing runs drop the warm-up
-            calls = [timed_call(step, pipe.device, sample=args.peaks_only)
+            calls = [timed_call(step, vae.device, sample=args.peaks_only)
                      for _ in range(1 if args.peaks_only else args.repeats + 1)]
         measured = calls if args.peaks_only else calls[1:]
         results[name] = (statistics.median(c[0] for c in measured), max(c[1] for c in measured))
@@ -316,55 +536,77 @@ def decoder_memory(pipe, args, dtype) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", choices=["toy", "sd-arch"], default="toy")
+    p.add_argument("--config", choices=["toy", "sd-arch", "sdxl-arch"], default="toy")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="sd-arch on a CPU: 256², 10 steps, N=4")
-    p.add_argument("--size", type=int, default=None, help="image side (toy 64, sd-arch 512, quick 256)")
+    p.add_argument("--quick", action="store_true", help="sd-arch/sdxl-arch on a CPU: 256², 10 steps, N=4")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side (toy 64, sd-arch 512, sdxl-arch 1024, quick 256)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (50; quick 10)")
     p.add_argument("--grad-steps", type=int, default=None, help="N, gradient steps per window (12; quick 4)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--batches", type=int, nargs="*", help="images per second at these batch sizes instead (e.g. 1 4 8)")
     p.add_argument("--decoder-memory", action="store_true",
-                   help="instead: one decoder forward+backward at --size, plain / checkpointed / tiled")
+                   help="instead: one decoder forward+backward at --size, plain / checkpointed / tiled / "
+                        "painting decoder")
+    p.add_argument("--memory-only", action="store_true",
+                   help="with --decoder-memory on a CPU: peak memory only (one call per row, in the measuring child), "
+                        "no timing runs; for sizes where timing every row would take an hour (1024² on 2 cores)")
     p.add_argument("--tile", type=int, default=None, help="latent tile side for tiled decoding (default: 2x2 tiles)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default=None,
                    help="the fast dtype (GPU default fp16; CPU default fp32)")
+    p.add_argument("--weights", choices=["bf16", "fp16", "same"], default=None,
+                   help="sdxl-arch: store the UNet's and text encoders' weights in this dtype, computing in the fast "
+                        "dtype (CPU default bf16: the float32 pipeline does not fit in 24 GB beside a run; GPU: same)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (UNet and decoder)")
-    p.add_argument("--only", nargs="*", help="measure only these rows (text2img is always measured)")
+    p.add_argument("--only", nargs="*", help="measure only these rows, by name or its beginning (text2img is "
+                   "always measured, but with --decoder-memory)")
     p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     p.add_argument("--peaks-only", action="store_true", help=argparse.SUPPRESS)  # the child of cpu_peaks
     args = p.parse_args(argv)
-    quick = args.quick and args.config == "sd-arch"
-    args.size = args.size or (64 if args.config == "toy" else 256 if quick else 512)
+    args.load_start = os.getloadavg()[0]  # other processes' load on this machine shows in the timings
+    quick = args.quick and args.config in ("sd-arch", "sdxl-arch")
+    args.size = args.size or (64 if args.config == "toy" else 256 if quick else
+                              1024 if args.config == "sdxl-arch" else 512)
     args.steps = args.steps or (10 if quick else 50)
     args.grad_steps = args.grad_steps if args.grad_steps is not None else (4 if quick else 12)
     device = torch.device(args.device)
-    fast = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
-        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
-
-    pipe = load(args.config, args.device)
-    # default: 2x2 tiles overlapping by a quarter tile; a multiple of 4, which diffusers' tiled decode needs
-    args.tile = args.tile or 4 * math.ceil(0.6 * args.size / pipe.vae_scale_factor / 4)
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    fast = dtypes[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    args.weights = args.weights or ("bf16" if args.config == "sdxl-arch" and device.type == "cpu" else "same")
+    storage = None if args.weights == "same" or args.config != "sdxl-arch" else dtypes[args.weights]
     argv = list(sys.argv[1:] if argv is None else argv)
-    if args.decoder_memory:
-        results = decoder_memory(pipe, args, fast)
+    # default tiles: 2x2 tiles overlapping by a quarter tile; a multiple of 4, which diffusers' tiled decode needs
+    default_tile = lambda factor: args.tile or 4 * math.ceil(0.6 * args.size / factor / 4)  # noqa: E731
+
+    if args.memory_only and not (args.decoder_memory and device.type == "cpu"):
+        raise SystemExit("--memory-only: only with --decoder-memory on a CPU (a GPU measures time and memory at once)")
+    if args.memory_only and not args.peaks_only:  # the child measures every row; no timing runs here
+        args.repeats = 0
+        results = {name: (None, peak) for name, peak in cpu_peaks(argv).items()}
+        table = decoder_report(args, device, fast, results, argv)
+    elif args.decoder_memory:
+        vae, factor = load_vae(args.config, args.device)
+        args.tile = default_tile(factor)
+        rows = select(decoder_rows(args.config, args.tile), args.only)
+        results = decoder_memory(vae, factor, surrogate_decoder(args.config, device), rows, args, fast)
         if args.peaks_only:
             print(json.dumps({name: peak for name, (_, peak) in results.items()}))
             return 0
         if device.type == "cpu":
+            vae = None
+            release_memory()
             peaks = cpu_peaks(argv)
             results = {name: (seconds, peaks[name]) for name, (seconds, _) in results.items()}
-        table = decoder_report(args, device, results, argv)
+        table = decoder_report(args, device, fast, results, argv)
     else:
+        pipe = load(args.config, args.device, fast if args.config == "sdxl-arch" else torch.float32, storage)
+        args.tile = default_tile(pipe.vae_scale_factor)
         target = painting(args.size)
-        surrogate = surrogate_decoder(args.config, pipe)
-        rows = variants(fast, pipe, args.tile, args.compile)
+        surrogate = surrogate_decoder(args.config, pipe.device)
+        rows = variants(fast, pipe, args.tile, args.compile, args.config)
         if args.only:
-            unknown = sorted(set(args.only) - set(rows))
-            if unknown:
-                raise SystemExit(f"--only: no row named {unknown}; the rows are {sorted(rows)}")
-            rows = {k: v for k, v in rows.items() if k == "text2img" or k in args.only}
+            rows = {k: v for k, v in rows.items() if k == "text2img" or k in select(rows, args.only)}
         if args.batches is not None:
             rows = {k: v for k, v in rows.items() if k in ("text2img", "gradop+ (gradop default)",
                                                           "gradop default + painting decoder")}
@@ -377,9 +619,11 @@ def main(argv=None) -> int:
         else:
             results = measure(pipe, rows, args, target, surrogate)
             if device.type == "cpu":
+                pipe = surrogate = None  # the child measuring peaks builds its own models
+                release_memory()
                 peaks = cpu_peaks(argv)
                 results = {name: (seconds, peaks[name], images) for name, (seconds, _, images) in results.items()}
-            table = report(args, device, fast, results, argv)
+            table = report(args, device, fast, results, argv, storage)
     print(table)
     if not args.no_append:
         with open(HERE / "RESULTS.md", "a") as f:
@@ -388,11 +632,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def select(rows: dict, only) -> dict:
+    """The rows named by `only` (a name or its beginning each), or all when `only` is empty."""
+    if not only:
+        return rows
+    unknown = sorted(o for o in only if not any(k.startswith(o) for k in rows))
+    if unknown:
+        raise SystemExit(f"--only: no row named {unknown}; the rows are {sorted(rows)}")
+    return {k: v for k, v in rows.items() if any(k.startswith(o) for o in only)}
+
+
 def header(args, device, argv, what: str, fast=None, interleaved=True) -> list[str]:
     import diffusers
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}, " \
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, load average {args.load_start:.1f} at the start, " \
+        f"{os.getloadavg()[0]:.1f} at the end"
     command = "python benchmarks/run.py " + shlex.join(argv)
     dtype = f"fast dtype {str(fast).split('.')[1]}; " if fast is not None else ""
     return [
@@ -403,15 +658,24 @@ def header(args, device, argv, what: str, fast=None, interleaved=True) -> list[s
     ]
 
 
-def report(args, device, fast, results, argv) -> str:
+def report(args, device, fast, results, argv, storage=None) -> str:
     base = results["text2img"][0]
-    reference = results.get("gradop+ released", (None, None, None))[2]
+    # the images are compared to the released configuration's, or (sdxl-arch, none released) to gradop's default
+    reference_row = next((r for r in ("gradop+ released", "gradop+ (gradop default)") if r in results), None)
+    reference = results[reference_row][2] if reference_row else None
+    reference_name = "released" if reference_row == "gradop+ released" else "gradop default"
     lines = header(args, device, argv, f"{args.size}², {args.steps} steps, batch {args.batch}, N={args.grad_steps}", fast)
-    lines += ["| variant | seconds | × text2img | peak memory (MB) | max abs. difference to released |",
+    if storage is not None:
+        stored, computed = str(storage).split('.')[1], str(fast).split('.')[1]
+        lines.insert(-1, f"Weights: the UNet's and text encoders' convolutions and linear layers stored in {stored}, "
+                         f"each converted to {computed} just before it runs (`store_weights`); their norms and "
+                         f"embeddings, the VAE and the painting decoder in {computed}.")
+    lines += [f"| variant | seconds | × text2img | peak memory (MB) | max abs. difference to {reference_name} |",
               "|---|---:|---:|---:|---:|"]
     for row, (seconds, peak, images) in results.items():
         # how far each GradOP+ variant's image is from the released configuration's (0 = identical)
-        diff = "" if reference is None or row in ("text2img", "sdedit 0.8") else \
+        diff = "" if reference is None or row in ("text2img", "sdedit 0.8") or row == reference_row and \
+            reference_row != "gradop+ released" else \
             f"{float((images - reference).abs().max()):.1e}" if images.shape == reference.shape else "other size"
         lines.append(f"| {row} | {seconds:.2f} | {seconds / base:.2f} | {peak:.0f} | {diff} |")
     return "\n".join(lines)
@@ -431,10 +695,13 @@ def batch_report(args, device, fast, results, argv) -> str:
     return "\n".join(lines)
 
 
-def decoder_report(args, device, results, argv) -> str:
-    lines = header(args, device, argv, f"one decoder forward+backward at {args.size}²", interleaved=False)
+def decoder_report(args, device, fast, results, argv) -> str:
+    lines = header(args, device, argv, f"one decoder forward+backward at {args.size}²", fast, interleaved=False)
+    if args.memory_only:  # no timing runs: say so instead of a median of none
+        lines[-2] = lines[-2].replace("median of 0 runs after a warm-up", "peak memory of one call per row, not timed")
     lines += ["| decoder | seconds | peak memory (MB) |", "|---|---:|---:|"]
-    lines += [f"| {row} | {seconds:.2f} | {peak:.0f} |" for row, (seconds, peak) in results.items()]
+    lines += [f"| {row} | {'—' if seconds is None else f'{seconds:.2f}'} | {peak:.0f} |"
+              for row, (seconds, peak) in results.items()]
     return "\n".join(lines)
 
 
