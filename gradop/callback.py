@@ -94,6 +94,8 @@ class PaintingCallback(PipelineCallback):
         self.painting_sigma_fraction = None if painting_sigma_fraction is None else \
             checks.check_sigma_fraction(painting_sigma_fraction)
         checks.check_generator(generator, len(generator) if isinstance(generator, list) else 1)
+        if isinstance(generator, list) and not generator:
+            raise ValueError("generator must not be an empty list: give one generator, or one per image")
         if painting_decoder is not None and not callable(getattr(painting_decoder, "decode", None)):
             raise TypeError("painting_decoder must be a diffusers autoencoder (AutoencoderTiny, AutoencoderKL), got "
                             f"{type(painting_decoder).__name__}")
@@ -159,6 +161,7 @@ class PaintingCallback(PipelineCallback):
         timesteps = run_timesteps(pipeline, first_timestep)
         window = self.window(len(timesteps))
         check_window(window, len(timesteps))
+        checks.check_generator(self.generator, len(latents))  # a list must hold one per image of the run
         factor = pipeline.vae_scale_factor
         size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         target = self._target(size, len(latents), factor).to(latents.device)
@@ -189,8 +192,8 @@ class PaintingCallback(PipelineCallback):
             return paintings.float().repeat_interleave(batch // count, dim=0)
         height, width = size
         for i, painting in enumerate(paintings):
-            # the pipeline's size is the painting's, rounded to the VAE factor: allow that much, and 2 %
-            slack = 0.02 + 2 * factor / min(height, width)
+            # the pipeline's size is the painting's, each side rounded to the VAE factor: allow that much, and 2 %
+            slack = 0.02 + factor / min(height, width)
             if abs(math.log(painting.width / painting.height) - math.log(width / height)) > slack:
                 name = "painting" if count == 1 else f"painting[{i}]"
                 raise ValueError(f"{name} is {painting.width}x{painting.height} but the pipeline makes {width}x{height} "

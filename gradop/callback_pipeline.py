@@ -132,7 +132,11 @@ class CallbackPipeline:
         """SDEdit: diffusers' image-to-image pipeline on the same components, from the painting at its size."""
         settings, extra = _split(kwargs)
         GradOPPipeline.check_inputs("sdedit", prompt, image, strength=strength, **_checked(settings))
-        images = _load(image, "image")
+        steps = settings["num_inference_steps"]
+        if int(steps * strength) < 1:  # diffusers' img2img runs int(n · strength) steps
+            raise ValueError(f"sdedit with strength {strength} of {steps} steps runs no denoising step "
+                             f"(int({steps} x {strength}) = 0): raise strength or num_inference_steps")
+        images, _ = GradOPPipeline._load_images(image, "image", len(checks.check_prompts(prompt)))
         height, width = self._size(images[0], settings)
         resized = [im.resize((width, height), PIL.Image.LANCZOS) for im in images]  # as VaeImageProcessor resizes
         extra.update(image=resized if len(resized) > 1 else resized[0], strength=strength)
@@ -175,8 +179,22 @@ class CallbackPipeline:
                          output_type=settings["output_type"], **extra)
         if settings["guidance_scale"] is not None:
             arguments["guidance_scale"] = settings["guidance_scale"]
-        if "height" not in inspect.signature(type(pipeline).__call__).parameters:  # img2img: the image's own size
+        parameters = inspect.signature(type(pipeline).__call__).parameters
+        if "height" not in parameters:  # img2img: the image's own size
             del arguments["height"], arguments["width"]
+        # diffusers' pipelines swallow unknown keywords (**kwargs): a misspelt one must not run with the default
+        named = {k for k, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        unknown = sorted(set(extra) - named)
+        if unknown:
+            raise TypeError(f"{type(pipeline).__name__} takes no argument {', '.join(map(repr, unknown))}; its "
+                            f"arguments are {', '.join(sorted(named - {'self'}))}")
+        if extra.get("latents") is not None:
+            expected = (batch, pipeline.unet.config.in_channels, height // pipeline.vae_scale_factor,
+                        width // pipeline.vae_scale_factor)
+            if not isinstance(extra["latents"], torch.Tensor) or tuple(extra["latents"].shape) != expected:
+                raise ValueError(f"latents must be a tensor of shape {expected} (batch, channels, height / "
+                                 f"{pipeline.vae_scale_factor}, width / {pipeline.vae_scale_factor}), got "
+                                 f"{tuple(getattr(extra['latents'], 'shape', ())) or type(extra['latents']).__name__}")
         if callbacks:
             user = settings["callback_on_step_end"]
             # a diffusers PipelineCallback names its own tensors, as diffusers' pipelines read them

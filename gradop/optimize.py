@@ -159,6 +159,10 @@ def check_painting_decoder(decoder, latent_shape: tuple[int, ...], image_size: t
     key = (tuple(latent_shape), tuple(image_size))
     if key in _checked_sizes.get(decoder, ()):
         return decoder
+    channels = getattr(decoder.config, "latent_channels", None)
+    if channels is not None and channels != latent_shape[0]:
+        raise ValueError(f"painting_decoder takes latents of {channels} channels, but this pipeline's have "
+                         f"{latent_shape[0]}: use a decoder made for this model's latents")
     latent = torch.zeros(1, *latent_shape, device=decoder.device, dtype=decoder.dtype)
     with torch.no_grad():
         size = tuple(decoder.decode(latent).sample.shape[-2:])

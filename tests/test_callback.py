@@ -357,3 +357,35 @@ def test_callback_pipeline_sets_the_pipelines_attributes(sdxl):
     pipe.gradop_plus(PROMPT, painting(), num_inference_steps=6, grad_steps_per_iter=2, output_type="np")
     # one probe decode (check_painting_decoder: its output size), then K windows of N forward passes
     assert len(calls) == 1 + 3 * 2
+
+
+def test_bad_input_found_by_probing(sdxl):
+    """Each of these ran into diffusers or torch, or ran silently with a default, before it was checked."""
+    from diffusers import AutoencoderTiny
+
+    pipe = CallbackPipeline(sdxl)
+    fast = dict(num_inference_steps=4, output_type="np")
+    with pytest.raises(ValueError, match="runs no denoising step"):  # int(4 x 0.1) = 0 steps
+        pipe.sdedit(PROMPT, painting(), strength=0.1, **fast)
+    with pytest.raises(ValueError, match="image has 2 entries but prompt has 1"):
+        pipe.sdedit(PROMPT, [painting(), painting()], strength=0.6, **fast)
+    with pytest.raises(TypeError, match="takes no argument 'num_inference_step'"):  # misspelt: SDXL takes **kwargs
+        pipe.gradop_plus(PROMPT, painting(), num_inference_step=4)
+    with pytest.raises(TypeError, match="takes no argument 'strenght'"):
+        pipe.sdedit(PROMPT, painting(), strenght=0.5, **fast)
+    for latents in (torch.randn(1, 4, 4, 4), torch.randn(1, 3, 8, 8)):
+        with pytest.raises(ValueError, match=r"latents must be a tensor of shape \(1, 4, 8, 8\)"):
+            pipe.gradop_plus(PROMPT, painting(), latents=latents, **fast)
+    sixteen = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                              num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4, latent_channels=16)
+    with pytest.raises(ValueError, match="latents of 16 channels, but this pipeline's have 4"):
+        run(sdxl, PaintingCallback(painting(), num_iterative_steps=2, grad_steps_per_iter=1, painting_decoder=sixteen))
+    with pytest.raises(ValueError, match="must not be an empty list"):
+        PaintingCallback(painting(), generator=[])
+    two = [torch.Generator().manual_seed(i) for i in range(2)]
+    with pytest.raises(ValueError, match="generator is a list of 2 but the batch has 1"):
+        run(sdxl, PaintingCallback(painting(), num_iterative_steps=2, grad_steps_per_iter=1, generator=two))
+    with pytest.raises(ValueError, match="aspect ratio"):  # 25 % wider than the painting: more than VAE rounding
+        callback = PaintingCallback(painting(), num_iterative_steps=2, grad_steps_per_iter=1)
+        sdxl(PROMPT, height=SIZE, width=SIZE + 16, num_inference_steps=4, callback_on_step_end=callback,
+             callback_on_step_end_tensor_inputs=callback.tensor_inputs)
