@@ -270,19 +270,27 @@ def test_sdxl_in_the_synthesis_panel():
     assert np.array_equal(np.asarray(image), np.asarray(reference))
 
 
-def test_sdxl_memory_levers_float16_tiled_checkpointed():
+def test_sdxl_memory_levers_float16_tiled_checkpointed(monkeypatch):
     """SDXL's float16 VAE declares force_upcast: the painting loss decodes in float32 (no overflow), tiled (diffusers'
     enable_tiling: here 8-latent tiles of a 16x16 latent) and with gradient checkpointing; the VAE stays float16."""
+    import gradop.optimize
+
     pipe = tiny_sdxl_pipeline().to(dtype=torch.float16)
     pipe.vae.enable_tiling()
     pipe.vae.enable_gradient_checkpointing()
+    tiled, decoded_dtypes = [], []
+    real = gradop.optimize.decode_in_tiles
+    monkeypatch.setattr(gradop.optimize, "decode_in_tiles",
+                        lambda decode, z, tile, overlap: (tiled.append(tile), real(decode, z, tile, overlap))[1])
+    pipe.vae.decoder.register_forward_pre_hook(lambda module, args: decoded_dtypes.append(args[0].dtype))
     callback = PaintingCallback(painting(2 * SIZE, 2 * SIZE), num_iterative_steps=1, grad_steps_per_iter=3,
                                 generator=torch.Generator().manual_seed(1))
     images = pipe(PROMPT, height=2 * SIZE, width=2 * SIZE, num_inference_steps=4, output_type="np",
                   generator=torch.Generator().manual_seed(0), callback_on_step_end=callback,
                   callback_on_step_end_tensor_inputs=callback.tensor_inputs).images
     assert np.isfinite(images).all() and pipe.vae.dtype == torch.float16
-    assert pipe.vae.tile_latent_min_size < 2 * SIZE // 8  # the loss really went through tiles
+    assert tiled and set(tiled) == {pipe.vae.tile_latent_min_size} and tiled[0] < 2 * SIZE // 8  # through tiles
+    assert decoded_dtypes and set(decoded_dtypes) == {torch.float32}  # every decode upcast (the loss's and the last)
     for losses in callback.loss_history:
         assert torch.isfinite(losses).all() and losses[-1, 0] < losses[0, 0]
 
