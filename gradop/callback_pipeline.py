@@ -202,8 +202,8 @@ class CallbackPipeline:
                 user, (PipelineCallback, MultiPipelineCallbacks)) else list(settings["callback_on_step_end_tensor_inputs"])
             inputs = list(dict.fromkeys((painting.tensor_inputs if painting else []) + requested))
             arguments.update(callback_on_step_end=_chain(callbacks), callback_on_step_end_tensor_inputs=inputs)
-        region_images = paintings if settings["region_image"] is None else _load(settings["region_image"],
-                                                                                 "region_image")
+        region_images = paintings if settings["region_image"] is None else \
+            GradOPPipeline._load_images(settings["region_image"], "region_image", len(prompts))[0]
         binding = self._binding(prompts, region_images, batch, size, settings)
         with self._call_lock, attention_control(self.pipeline.unet, binding), _steps_of(pipeline, binding):
             return pipeline(prompts if len(prompts) > 1 else prompts[0], **arguments)
@@ -242,11 +242,6 @@ def _checked(settings: dict) -> dict:
     pipeline itself checks which tensors its callbacks may ask for)."""
     return {k: v for k, v in settings.items()
             if v is not None and k not in ("attention_store", "callback_on_step_end_tensor_inputs")}
-
-
-def _load(image, name: str) -> list:
-    images = list(image) if isinstance(image, (list, tuple)) else [image]
-    return [load_image(im, name if len(images) == 1 else f"{name}[{i}]") for i, im in enumerate(images)]
 
 
 def _chain(callbacks: list) -> Callable:
