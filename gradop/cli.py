@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     released.add_argument("--prompt", help="what the image should show (default: the painting's prompt from "
                                            "input-images/manifest.json when it is listed there)")
     released.add_argument("--seed", type=int, default=0, help="in [0, 2**64); image i of --num-images uses seed + i")
-    released.add_argument("--strength", type=float, default=0.8)
-    released.add_argument("--num_iterative_steps", type=int, default=3)
-    released.add_argument("--grad_steps_per_iter", type=int, default=12)
+    released.add_argument("--strength", type=float, default=None,
+                          help="default: the model's own (GradOP+: the release's 0.8 for Stable Diffusion, 0.6 for "
+                               "the toy model; SDEdit and loopback 0.8; GradOP 0.6)")
+    released.add_argument("--num_iterative_steps", type=int, default=None, help="GradOP+'s K (default: the model's, 3)")
+    released.add_argument("--grad_steps_per_iter", type=int, default=None, help="GradOP+'s N (default: the model's, 12)")
     more = p.add_argument_group("gradop's additions")
     more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4 if it can be had, else the bundled toy "
                                                       "model), toy, tiny / tiny-xl (random test models), a Stable Diffusion 1.x/2.x or SDXL "
@@ -159,6 +161,7 @@ def run(args) -> list[Path]:
               "(pass --height/--width to choose)", file=sys.stderr)
     if "painting_decoder" in method.uses:
         settings["painting_decoder"] = painting_decoder(pipe, args.painting_decoder)
+    print(f"gradop: {method.describe_settings(pipe, **settings)}", file=sys.stderr)
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
         # one generator per image, seeded seed + i: image i does not depend on the batch size

@@ -9,6 +9,7 @@ pipeline method) and uses those that mean something to it:
     out = get_method("sdedit")(pipe, prompt, painting, strength=0.6, generator=g)
     for method in METHODS.values():
         method.defaults["strength"]              # gradop+ 0.8, gradop 0.6, sdedit 0.8, loopback 0.8
+        method.defaults_for(pipe)                # ... with the model's declared defaults on top (the toy's)
 
 GradOP (multi-pass) spends its gradient steps on one descent, GradOP+ spreads them over K windows of N; given
 K and N, GradOP gets the same budget, `gradop_grad_steps(K, N)` = N·max(K, 1).
@@ -18,6 +19,38 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import cached_property
+
+# The defaults of the settings a model may declare for itself (`declared_defaults`): the release's for GradOP+
+# (s = 0.8, K = 3, N = 12), GradOP's own strength. A pipeline's `config.method_defaults` overrides them, e.g. the
+# toy model's {"gradop_plus": {"strength": 0.6, ...}}: where a model's prior pulls layouts back harder than
+# Stable Diffusion's, the optimisation has to start later (gradop/toy/components.py says how it was chosen).
+METHOD_DEFAULTS = {"gradop_plus": {"strength": 0.8, "num_iterative_steps": 3, "grad_steps_per_iter": 12},
+                   "gradop": {"strength": 0.6}}
+
+
+def check_method_defaults(value, name: str = "method_defaults") -> dict:
+    """A model's declared defaults: {method: {setting: value}} with methods and settings of `METHOD_DEFAULTS`."""
+    from .checks import ARGUMENT_CHECKS
+
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict like {METHOD_DEFAULTS}, got {type(value).__name__}")
+    for method, settings in value.items():
+        if method not in METHOD_DEFAULTS or not isinstance(settings, dict):
+            raise ValueError(f"{name} declares defaults for {list(METHOD_DEFAULTS)} as dicts, got {method!r}: {settings!r}")
+        for key, setting in settings.items():
+            if key not in METHOD_DEFAULTS[method]:
+                raise ValueError(f"{name}[{method!r}] may set {list(METHOD_DEFAULTS[method])}, got {key!r}")
+            ARGUMENT_CHECKS[key](setting, f"{name}[{method!r}][{key!r}]")
+    return {method: dict(settings) for method, settings in value.items()}
+
+
+def declared_defaults(pipe, attribute: str) -> dict:
+    """The defaults of `pipe.<attribute>` that a model may declare: `METHOD_DEFAULTS`, overridden by what the
+    pipeline's config declares (`config.method_defaults`, saved in `model_index.json`). {} for other methods."""
+    config = getattr(pipe, "config", None) or {}
+    declared = (config.get("method_defaults") if hasattr(config, "get") else None) or {}
+    return {**METHOD_DEFAULTS.get(attribute, {}), **declared.get(attribute, {})}
+
 
 # Settings every method accepts; each method keeps the ones it uses (see `Method.arguments`)
 SHARED_SETTINGS = ("strength", "num_iterative_steps", "grad_steps_per_iter", "num_loops", "painting_decoder")
@@ -59,13 +92,34 @@ class Method:
 
     @property
     def defaults(self) -> dict:
-        """The method's own defaults, straight from the pipeline's signature (sdedit's strength from its own)."""
+        """The method's own defaults: the pipeline's signature (sdedit's strength from its own), with
+        `METHOD_DEFAULTS` for the settings a model may declare (`None` in the signature)."""
         from .pipeline import GradOPPipeline
 
         defaults = {k: p.default for k, p in self.parameters.items() if p.default is not inspect.Parameter.empty}
         if self.attribute == "sdedit":
             defaults["strength"] = inspect.signature(GradOPPipeline.sdedit).parameters["strength"].default
-        return defaults
+        return {**defaults, **METHOD_DEFAULTS.get(self.attribute, {})}
+
+    def defaults_for(self, pipe) -> dict:
+        """`defaults` as `pipe` runs them: with the model's declared ones (`declared_defaults`) on top."""
+        return {**self.defaults, **declared_defaults(pipe, self.attribute)}
+
+    def describe_settings(self, pipe, **settings) -> str:
+        """"GradOP+ at strength 0.6, K 3, N 12 (strength: the model's default)": the settings `pipe` will run
+        with (those left `None` take `defaults_for(pipe)`), saying which came from the model's declaration."""
+        names = {"strength": "strength", "num_iterative_steps": "K", "grad_steps_per_iter": "N", "num_loops": "loops"}
+        defaults, declared = self.defaults_for(pipe), declared_defaults(pipe, self.attribute)
+        used, from_model = [], []
+        for key in (k for k in names if k in self.uses and k in defaults):
+            value = settings.get(key)
+            if value is None:
+                value = defaults[key]
+                if key in declared and declared[key] != METHOD_DEFAULTS.get(self.attribute, {}).get(key):
+                    from_model.append(names[key])
+            used.append(f"{names[key]} {value:g}")
+        note = f" ({', '.join(from_model)}: the model's own default)" if from_model else ""
+        return f"{self.label}" + (f" at {', '.join(used)}" if used else "") + note
 
     def available_on(self, pipe) -> bool:
         """Whether `pipe` runs this method: a `GradOPPipeline` runs all, a `CallbackPipeline` (SDXL) those it marks

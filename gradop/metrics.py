@@ -88,3 +88,40 @@ def semantic_accuracy(images, masks, class_name: str, judge) -> torch.Tensor:
     inside = torch.nn.functional.avg_pool2d(masks[:, None].float(), judge.patch)[:, 0] > 0.5
     hits = (judge.verdicts(images) == judge.classes.index(class_name)) & inside
     return hits.flatten(1).sum(1) / inside.flatten(1).sum(1)  # 0/0 -> NaN
+
+
+def regions_kept(images, painting, masks=None, tolerance: float = 0.2, min_share: float = 0.03,
+                 painting_function="gaussian", sigma_fraction=None) -> torch.Tensor:
+    """Which painted regions an image kept: `[B, R]` booleans, True where the mean colour of f(image) over the
+    region is within `tolerance` (Euclidean, RGB in [0, 1]) of the region's painted colour (the painting's mean
+    there). `masks` `[R, H, W]` booleans name the regions (a world's label map); by default they are the
+    painting's stroke colours (`colors.region_masks` of `colors.extract_palette`). Regions under `min_share` of
+    the image are left out. f as in `painting_distance`. One painting for all images."""
+    from .colors import extract_palette, region_masks
+
+    x = to_batch(images, "images")
+    y = to_batch(painting, "painting", size=(x.shape[-1], x.shape[-2]))
+    if len(y) != 1:
+        raise ValueError(f"regions_kept takes one painting for all images, got {len(y)}")
+    if masks is None:
+        pixels = (y[0].permute(1, 2, 0) * 255).round().byte().numpy()
+        masks = region_masks(pixels, [c for c, _ in extract_palette(pixels, 16)])
+    masks = torch.as_tensor(masks).bool()
+    if masks.ndim != 3 or tuple(masks.shape[-2:]) != tuple(x.shape[-2:]):
+        raise ValueError(f"masks must be [R, H, W] booleans at the images' size {tuple(x.shape[-2:])}, "
+                         f"got {tuple(masks.shape)}")
+    masks = masks[masks.flatten(1).float().mean(1) >= min_share]
+    f = get_painting_function(painting_function, y, sigma_fraction)
+    weights = masks.flatten(1).float() / masks.flatten(1).sum(1, keepdim=True)  # [R, HW] averages over each region
+    painted = weights @ y.flatten(2)[0].T  # [R, 3]
+    made = torch.einsum("rp,bcp->brc", weights, f(x).flatten(2))  # [B, R, 3]
+    return (made - painted).norm(dim=-1) <= tolerance
+
+
+def detail(images) -> torch.Tensor:
+    """Fine detail of each image, `[B]`: the mean |Laplacian| (kornia's 3x3, unnormalised) of its RGB on the 0-255
+    scale. A flat painting scores low, a textured photo high: what a "flat" output lacks."""
+    import kornia
+
+    x = to_batch(images, "images") * 255
+    return kornia.filters.laplacian(x, 3, normalized=False).abs().flatten(1).mean(1)

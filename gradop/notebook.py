@@ -105,6 +105,7 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
         work_size: the image side to work at; defaults to `GRADOP_WORK_SIZE`, else the model's native size
             (64 for the toy model, 512 for Stable Diffusion v1).
     """
+    from .methods import get_method
     from .models import is_toy_model, load_pipeline, model_label
 
     model = model or os.environ.get("GRADOP_MODEL", "auto")
@@ -121,7 +122,8 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
     examples = load_examples(input_images / "toy" if is_toy else input_images, work_size)
     judge = load_toy_judge() if is_toy else None
     print(f"model: {model_label(pipe)} | work size {work_size}x{work_size} | device {pipe.device} | "
-          f"{len(examples)} example paintings from {'input-images/toy' if is_toy else 'input-images'}")
+          f"{len(examples)} example paintings from {'input-images/toy' if is_toy else 'input-images'}\n"
+          f"defaults: {get_method('gradop+').describe_settings(pipe)}")
     return Config(pipe, model, is_toy, work_size, pipe.device, examples, judge)
 
 

@@ -27,6 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import checks
 from .callback import X0_INPUT, PaintingCallback, check_window, optimisation_window
 from .images import check_side, load_image, output_size
+from .methods import check_method_defaults, declared_defaults
 from .noise_schedule import LatentScaling, NoiseSchedule, decode_latents
 from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
@@ -143,6 +144,10 @@ class GradOPPipeline(DiffusionPipeline):
         painting_sigma_fraction (`float`, *optional*): the model's painting scale: σ of `painting_function="gaussian"`
             as a fraction of the image's shorter side, 0 < x < 0.5. `None` (the default) is the release's
             σ = 7·side/512 (kernel 35, σ 7 at 512x512). Saved in and loaded from `model_index.json` (`pipe.config`).
+        method_defaults (`dict`, *optional*): the model's own defaults for GradOP+ (`strength`,
+            `num_iterative_steps`, `grad_steps_per_iter`) and GradOP (`strength`), e.g.
+            `{"gradop_plus": {"strength": 0.6}}`; what it leaves out keeps `gradop.methods.METHOD_DEFAULTS` (the
+            release's 0.8 / 3 / 12). Stable Diffusion declares none. Saved in `model_index.json` like the above.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -151,13 +156,16 @@ class GradOPPipeline(DiffusionPipeline):
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | None = None,
-                 painting_sigma_fraction: float | None = None):
+                 painting_sigma_fraction: float | None = None, method_defaults: dict | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                               painting_decoder=painting_decoder)
         if painting_sigma_fraction is not None:
             painting_sigma_fraction = checks.check_sigma_fraction(painting_sigma_fraction)
-        self.register_to_config(painting_sigma_fraction=painting_sigma_fraction)  # a setting, not a component
+        if method_defaults is not None:
+            method_defaults = check_method_defaults(method_defaults)
+        # settings, not components
+        self.register_to_config(painting_sigma_fraction=painting_sigma_fraction, method_defaults=method_defaults)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._call_lock = threading.RLock()
@@ -204,9 +212,9 @@ class GradOPPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         image,
-        strength: float = 0.8,
-        num_iterative_steps: int = 3,
-        grad_steps_per_iter: int = 12,
+        strength: float | None = None,
+        num_iterative_steps: int | None = None,
+        grad_steps_per_iter: int | None = None,
         *,
         height: int | None = None,
         width: int | None = None,
@@ -244,11 +252,13 @@ class GradOPPipeline(DiffusionPipeline):
             prompt (`str` or `list[str]`): what the image should show.
             image (path, `PIL.Image.Image`, array, tensor, or a list of them): the stroke painting. It is
                 never encoded; it is resized (Lanczos) to the output size and used as the target `y`.
-            strength (`float`, *optional*, defaults to 0.8):
+            strength (`float`, *optional*, defaults to the model's declared default, else the release's 0.8):
                 *When* the optimisation starts, not SDEdit's strength: after step `k0 = int(n * (1 - strength))`
                 (float truncation as released: n=50, 0.8 gives 9). Higher starts earlier.
-            num_iterative_steps (`int`, *optional*, defaults to 3): K, how many consecutive steps get optimised.
-            grad_steps_per_iter (`int`, *optional*, defaults to 12): N, gradient steps each time.
+            num_iterative_steps (`int`, *optional*, defaults to the model's declared default, else 3): K, how many
+                consecutive steps get optimised.
+            grad_steps_per_iter (`int`, *optional*, defaults to the model's declared default, else 12): N, gradient
+                steps each time. (`config.method_defaults` declares a model's own; Stable Diffusion has none.)
             height, width (`int`, *optional*): output size; defaults to the painting's size, rounded down to a
                 multiple of the VAE factor (8 for Stable Diffusion).
             num_inference_steps (`int`, *optional*, defaults to 50): denoising steps; all of them run.
@@ -305,8 +315,11 @@ class GradOPPipeline(DiffusionPipeline):
         Returns:
             [`GradOPPipelineOutput`] with `.images`, `.loss_history` and `.optimized_timesteps`.
         """
-        # 1. Check inputs
+        # 1. Check inputs (the settings left out take the model's declared defaults, else the release's)
         painting_decoder = _renamed_keyword(deprecated, painting_decoder)
+        strength, num_iterative_steps, grad_steps_per_iter = self._declared(
+            "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
+            grad_steps_per_iter=grad_steps_per_iter)
         self.check_inputs("gradop_plus", **_arguments(locals()))
         call = self._start_call(_arguments(locals()))
 
@@ -345,7 +358,7 @@ class GradOPPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         image,
-        strength: float = 0.6,
+        strength: float | None = None,
         grad_steps: int = 40,
         num_rounds: int = 1,
         *,
@@ -381,7 +394,8 @@ class GradOPPipeline(DiffusionPipeline):
         target subspace with SDEdit at `strength`. Steps 2–3 repeat `num_rounds` times.
 
         Args:
-            strength (`float`, *optional*, defaults to 0.6): SDEdit strength of step 3 (its usual meaning).
+            strength (`float`, *optional*, defaults to the model's declared default, else 0.6): SDEdit strength of
+                step 3 (its usual meaning).
             grad_steps (`int`, *optional*, defaults to 40): gradient steps of step 2 in each round.
             num_rounds (`int`, *optional*, defaults to 1): repetitions of steps 2–3.
             Everything else (the region arguments included) as in [`~GradOPPipeline.gradop_plus`].
@@ -389,6 +403,7 @@ class GradOPPipeline(DiffusionPipeline):
         """
         # 1. Check inputs
         painting_decoder = _renamed_keyword(deprecated, painting_decoder)
+        (strength,) = self._declared("gradop", strength=strength)
         self.check_inputs("gradop", **_arguments(locals()))
         call = self._start_call(_arguments(locals()))
 
@@ -597,10 +612,11 @@ class GradOPPipeline(DiffusionPipeline):
             parse_regions(regions)
             if method == "text2img" and arguments.get("region_image") is None:
                 raise ValueError("regions need a painting whose colours define them: pass region_image=<the painting>")
-        if method == "gradop_plus":
+        if method == "gradop_plus":  # (a setting left as None takes the model's default: checked when it is known)
             steps = arguments.get("num_inference_steps", 50)
-            check_window(optimisation_window(steps, arguments.get("strength", 0.8),
-                                             arguments.get("num_iterative_steps", 3)), steps)
+            strength, k = arguments.get("strength"), arguments.get("num_iterative_steps")
+            if strength is not None and k is not None:
+                check_window(optimisation_window(steps, strength, k), steps)
 
     def encode_prompt(self, prompt, num_images_per_prompt=1, negative_prompt=None, do_classifier_free_guidance=True):
         """Text embeddings `[batch, seq, dim]`, with the unconditional ones first when guiding (as diffusers)."""
@@ -657,6 +673,11 @@ class GradOPPipeline(DiffusionPipeline):
         latent_shape = (self.vae.config.latent_channels, call.height // self.vae_scale_factor,
                         call.width // self.vae_scale_factor)
         return check_painting_decoder(decoder, latent_shape, (call.height, call.width))
+
+    def _declared(self, method: str, **settings) -> tuple:
+        """`settings` in order, each `None` replaced by the model's declared default (`declared_defaults`)."""
+        defaults = declared_defaults(self, method)
+        return tuple(defaults[k] if v is None else v for k, v in settings.items())
 
     def get_timesteps(self, num_inference_steps: int, strength: float | None = None) -> torch.Tensor:
         """The sampler's timesteps: all `n`, or for SDEdit the last int(n·strength) (t_start = n − int(n·s))."""

@@ -197,7 +197,7 @@ def main(argv=None) -> int:
 def _sweep(args) -> int:
     from accelerate import PartialState
 
-    from .methods import get_method
+    from .methods import declared_defaults, get_method
     from .models import load_pipeline
     from .runs import save_atomically
 
@@ -228,6 +228,10 @@ def _sweep(args) -> int:
         pipe = load_pipeline(spec.get("model", "toy"), device=state.device, verbose=state.is_main_process)
         pipe.set_progress_bar_config(disable=True)
         method = get_method(spec.get("method", "gradop+"))
+        # settings a job leaves out take the model's declared defaults (else the release's): say which, and record them
+        defaults = {k: v for k, v in method.defaults_for(pipe).items() if k in declared_defaults(pipe, method.attribute)}
+        if state.is_main_process:
+            print(f"gradop.sweep: unless a job sets them, {method.describe_settings(pipe)}", file=sys.stderr)
         results = args.out / f"results-{state.process_index}.jsonl"
         decoders = {}  # painting decoders by name, each loaded once
         for job in mine:
@@ -240,7 +244,8 @@ def _sweep(args) -> int:
                 print(f"gradop.sweep: job {job.id} failed: {type(err).__name__}: {' '.join(str(err).split())}",
                       file=sys.stderr)
                 continue
-            append_line(results, {"id": job.id, **job.params, "prompt": job.prompt,
+            used = {k: v if job.settings.get(k) is None else job.settings[k] for k, v in defaults.items()}  # as run
+            append_line(results, {"id": job.id, **job.params, "prompt": job.prompt, "settings used": used,
                                   "seconds": round(time.perf_counter() - start, 3), "process": state.process_index,
                                   "image": f"{job.id}.png"})
     state.wait_for_everyone()

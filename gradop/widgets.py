@@ -335,8 +335,9 @@ class SynthesisPanel(widgets.VBox):
     step (diffusers' `pipe._interrupt`); nothing joins the gallery then. The progress bar follows the
     pipeline's `callback_on_step_end`; an error is shown in the panel (the pad's strokes are only read,
     never changed). Every result joins the gallery with its settings; "Compare methods" runs all of them
-    on the same seed, each at its own default strength (GradOP+ 0.8, GradOP 0.6, SDEdit 0.8, Loopback 0.8),
-    and picking a method moves the strength slider to its default. In code, `generate()` and `compare()` run
+    on the same seed, each at its own default strength (the model's declared defaults: GradOP+ 0.8 as released
+    unless the model declares its own, as the toy model does; GradOP 0.6, SDEdit 0.8, Loopback 0.8), and picking
+    a method moves the strength slider to its default. A line under the sliders says which defaults are in use. In code, `generate()` and `compare()` run
     in the caller's thread.
 
     Args:
@@ -370,10 +371,12 @@ class SynthesisPanel(widgets.VBox):
         self.strength = widgets.FloatSlider(value=self.default_strength(self.method.value), min=0.0, max=1.0, step=0.05,
                                             description="strength", style=style, layout=wide)
         self.method.observe(self._on_method, "value")
-        self.num_iterative_steps = widgets.IntSlider(value=3, min=0, max=10, description="iterative steps (K)",
-                                                     style=style, layout=wide)
-        self.grad_steps_per_iter = widgets.IntSlider(value=12, min=0, max=48, description="gradient steps (N)",
-                                                     style=style, layout=wide)
+        plus = PANEL_METHODS["GradOP+"].defaults_for(pipe)  # the model's declared defaults, else the release's
+        self.num_iterative_steps = widgets.IntSlider(value=plus["num_iterative_steps"], min=0, max=10,
+                                                     description="iterative steps (K)", style=style, layout=wide)
+        self.grad_steps_per_iter = widgets.IntSlider(value=plus["grad_steps_per_iter"], min=0, max=48,
+                                                     description="gradient steps (N)", style=style, layout=wide)
+        self.defaults_note = widgets.HTML(f"<small>defaults: {PANEL_METHODS['GradOP+'].describe_settings(pipe)}</small>")
         self.region_weight = widgets.FloatSlider(value=0.4, min=0.0, max=2.0, step=0.1, description="region weight w′",
                                                  style=style, layout=wide)
         self.seed = widgets.IntText(value=seed, description="seed", style=style)
@@ -391,15 +394,15 @@ class SynthesisPanel(widgets.VBox):
         self.gallery = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__([
             self.prompt, self.method, self.strength, self.num_iterative_steps, self.grad_steps_per_iter,
-            self.region_weight, self.num_inference_steps, self.seed,
+            self.defaults_note, self.region_weight, self.num_inference_steps, self.seed,
             widgets.HBox([self.generate_button, self.compare_button, self.stop_button, self.progress]), self.status,
             widgets.HBox([self.output]), self.gallery,
         ])
 
-    @staticmethod
-    def default_strength(method: str) -> float | None:
-        """The strength `method` (a `PANEL_METHODS` label) has by default; None for one that takes no strength."""
-        return PANEL_METHODS[method].defaults.get("strength")
+    def default_strength(self, method: str) -> float | None:
+        """The strength `method` (a `PANEL_METHODS` label) has by default on this panel's model (its declared
+        default, else the method's own); None for one that takes no strength."""
+        return PANEL_METHODS[method].defaults_for(self.pipe).get("strength")
 
     def _on_method(self, change) -> None:
         strength = self.default_strength(change["new"])

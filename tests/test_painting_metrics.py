@@ -1,5 +1,6 @@
 """Painting functions and the faithfulness metric against hand-computed values."""
 import numpy as np
+import pytest
 import PIL.Image
 import torch
 import torch.nn.functional as F
@@ -45,3 +46,42 @@ def test_dominant_colors_shares():
     colors, shares = dominant_colors(torch.from_numpy(img), max_colors=3)
     assert colors[0].tolist() == [1, 0, 0] and colors[1].tolist() == [0, 0, 0]
     assert torch.allclose(shares, torch.tensor([0.7, 0.3])) and colors.shape == (3, 3)
+
+
+def test_regions_kept_by_hand():
+    from gradop.metrics import regions_kept
+
+    # one grey painting, two regions (top and bottom half): f of a constant is the constant, so a region's
+    # blurred colour moves by the shift painted into it, less what the blur leaks across the border
+    painting = torch.full((1, 3, 64, 64), 0.5)
+    top = torch.zeros(64, 64, dtype=torch.bool)
+    top[:32] = True
+    masks = torch.stack([top, ~top])
+    shifted = lambda delta: torch.cat([painting[..., :32, :], painting[..., 32:, :] + delta], -2)  # noqa: E731
+    assert regions_kept(painting, painting, masks).tolist() == [[True, True]]
+    # bottom + 0.15 in every channel: |Δ| = √3 · 0.15 = 0.26 > 0.2, not kept; + 0.1: 0.17, kept
+    assert regions_kept(shifted(0.15), painting, masks).tolist() == [[True, False]]
+    assert regions_kept(shifted(0.1), painting, masks).tolist() == [[True, True]]
+    assert regions_kept(shifted(0.15), painting, masks, tolerance=0.3).tolist() == [[True, True]]
+    # a batch: one row per image; regions under min_share are left out
+    small = torch.zeros(64, 64, dtype=torch.bool)
+    small[:4, :4] = True  # 0.4 % of the image
+    kept = regions_kept(torch.cat([painting, shifted(0.15)]), painting, torch.cat([masks, small[None]]))
+    assert kept.tolist() == [[True, True], [True, False]]
+    # without masks, the painting's stroke colours are the regions
+    two = painting.clone()
+    two[..., 32:, :] = torch.tensor([0.1, 0.6, 0.2])[:, None, None]
+    assert regions_kept(two, two).shape == (1, 2)
+    assert sorted(regions_kept(painting, two)[0].tolist()) == [False, True]  # the grey half kept, the green not
+    with pytest.raises(ValueError, match="masks must be"):
+        regions_kept(painting, painting, masks[:, :10])
+
+
+def test_detail_by_hand():
+    from gradop.metrics import detail
+
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    # a 0/1 checkerboard: every pixel's 4 edge neighbours differ and its 4 diagonal ones agree, so the 3x3
+    # Laplacian (8 neighbours - 8 x centre) is ±4 everywhere (the reflected border continues the pattern): 4·255
+    board = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float().expand(1, 3, 16, 16)
+    assert detail(torch.cat([flat, board])).tolist() == pytest.approx([0.0, 4 * 255])

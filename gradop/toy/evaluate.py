@@ -16,8 +16,10 @@ import torch
 
 from ..colors import to_hex
 from ..experiments import loopback_every_loop, timed
-from ..metrics import painting_distance, realism, semantic_accuracy
+from ..methods import declared_defaults
+from ..metrics import painting_distance, realism, regions_kept, semantic_accuracy
 from .judge import load_judge, patch_labels
+from .scribbles import free_scribble
 from .train import HELD_OUT_SEED, as_tensor, vae_reconstruct
 from .world import CLASSES, MODALITIES, PHRASES, make_scene
 
@@ -28,6 +30,10 @@ SDEDIT_STRENGTHS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 # GradOP+ over N through the distilled painting decoder, the opt-in speed-up (N = 0 takes no step: one run
 # serves both curves); the plain "GradOP+ N=k" rows go through the full VAE decoder, as released
 DISTILLED_DECODER_CURVE = ["GradOP+ N=0"] + [f"GradOP+ N={k}, distilled decoder" for k in (6, 12, 24)]
+FREE_SCRIBBLE_SEED = HELD_OUT_SEED + 200_000  # the free-form section's scribbles (`scribbles.free_scribble`)
+SELECTION_SEED = HELD_OUT_SEED + 300_000  # the held-out scenes the defaults are chosen on (`select_defaults`)
+SELECTION_GRID = {"strength": (0.5, 0.6, 0.7, 0.8), "grad_steps_per_iter": (6, 12, 24)}  # K stays 3
+KEPT_TOLERANCE = 0.2  # a painted region is kept when f(output)'s colour there is within this of the painted one
 
 
 def _gens(n, seed=0):
@@ -97,7 +103,8 @@ def evaluate(args) -> Path:
     lines = [f"# Toy world report\n\n{n} held-out scenes (seeds {HELD_OUT_SEED}…{HELD_OUT_SEED + n - 1}), 64×64, "
              f"model `{model_label(pipe)}`, torch threads {torch.get_num_threads()}. Every figure: the mean over "
              "scenes [95 % bootstrap interval]. Prompts are \"a photo of <the scene's description>\" unless said, "
-             "guidance 7.5, 50 DDIM steps, GradOP+ at the released defaults (s = 0.8, K = 3, N = 12).\n"]
+             f"guidance 7.5, 50 DDIM steps, GradOP+ at the model's declared defaults ({_plus_defaults(pipe)}; "
+             "chosen in [defaults.md](defaults.md)) unless said.\n"]
     checks = []  # (target, measured, met)
 
     # 1. The VAE
@@ -149,7 +156,7 @@ def evaluate(args) -> Path:
     t_small, _ = timed(lambda: pipe.gradop_plus(prompts["photo"][0], scenes[0].painting, generator=_gens(1)[0],
                                                 painting_decoder=distilled), repeats=5)
     lines += ["## Speed", f"64×64, 50 steps, {torch.get_num_threads()} threads: `text2img` **{t_text:.2f} s** "
-              f"(target ≤ 1.5 s), `gradop_plus` with the released defaults **{t_plus:.2f} s** (target ≤ 3 s), "
+              f"(target ≤ 1.5 s), `gradop_plus` at the model's defaults **{t_plus:.2f} s** (target ≤ 3 s), "
               f"{t_small:.2f} s through the distilled painting decoder (`load_painting_decoder(\"toy\")`).\n"]
 
     # 5. Realism and faithfulness of every method, from the scribbles
@@ -176,6 +183,9 @@ def evaluate(args) -> Path:
         runs[f"GradOP+ N={steps}, distilled decoder"] = (
             lambda k=steps: pipe.gradop_plus(photo, painting_list, grad_steps_per_iter=k, generator=_gens(n),
                                              painting_decoder=distilled, output_type="pt").images)
+    if declared_defaults(pipe, "gradop_plus")["strength"] != 0.8:  # the release's strength, for comparison
+        runs["GradOP+ N=12, s=0.8 (released)"] = lambda: pipe.gradop_plus(photo, painting_list, 0.8, 3, 12,
+                                                                         generator=_gens(n), output_type="pt").images
     runs["GradOP+ N=12, \"a cartoon of\""] = lambda: pipe.gradop_plus(cartoon, painting_list, generator=_gens(n),
                                                                      output_type="pt").images
     results, outputs = {}, {}
@@ -209,8 +219,9 @@ def evaluate(args) -> Path:
         checks.append((f"domain shift: SDEdit s={s} realism ≤ 0.5 (text-only ≥ 0.85: {text_real:.2f})",
                        fmt(bootstrap(results[f"SDEdit s={s}"]["realism"])),
                        mean(f"SDEdit s={s}", "realism") <= 0.5 and text_real >= 0.85))
-    plus_real, plus_dist = mean("GradOP+ N=12", "realism"), mean("GradOP+ N=12", "distance")
-    checks.append(("GradOP+ realism ≥ 0.8", fmt(bootstrap(results["GradOP+ N=12"]["realism"])), plus_real >= 0.8))
+    default = f"GradOP+ N={declared_defaults(pipe, 'gradop_plus')['grad_steps_per_iter']}"  # the model's defaults
+    plus_real, plus_dist = mean(default, "realism"), mean(default, "distance")
+    checks.append((f"GradOP+ realism ≥ 0.8 ({default})", fmt(bootstrap(results[default]["realism"])), plus_real >= 0.8))
     near = [s for s in SDEDIT_STRENGTHS if abs(mean(f"SDEdit s={s}", "realism") - plus_real) <= 0.05]
     # none that close: compare with the strength closest in realism instead of passing by default
     near = near or [min(SDEDIT_STRENGTHS, key=lambda s: abs(mean(f"SDEdit s={s}", "realism") - plus_real))]
@@ -235,19 +246,152 @@ def evaluate(args) -> Path:
     checks.append(("GradOP+ with \"a cartoon of\" judged cartoon ≥ 0.7", fmt(bootstrap(cartoon_share)),
                    cartoon_share.mean() >= 0.7))
 
-    # 6. Region semantics: one green covers a forest and a meadow; the binding decides which is which
+    # 6. Free-form scribbles: layouts off the band grammar, drawn by a procedure of their own
+    free_lines, free_checks = free_form(pipe, judge, args.free_scribbles, out, sigma_fraction)
+    lines += free_lines
+    checks += free_checks
+
+    # 7. Region semantics: one green covers a forest and a meadow; the binding decides which is which
     sem_lines, sem_checks = region_semantics(pipe, judge, args.region_scenes)
     lines += sem_lines
     checks += sem_checks
 
-    # 7. Targets, figures
+    # 8. Targets, figures
     lines += ["", "## Targets", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in checks]
     _figures(out, results, outputs, photos)
-    lines += ["\n![realism against faithfulness](plane.png)\n", "![samples](samples.png)\n"]
+    lines += ["\n![realism against faithfulness](plane.png)\n", "![samples](samples.png)\n",
+              "![free-form scribbles](free_form.png)\n"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'report.md'}")
     return out / "report.md"
+
+
+def _plus_defaults(pipe) -> str:
+    d = declared_defaults(pipe, "gradop_plus")
+    return f"s = {d['strength']:g}, K = {d['num_iterative_steps']}, N = {d['grad_steps_per_iter']}"
+
+
+def free_form(pipe, judge, count, out, sigma_fraction):
+    """The free-form section: `count` scribbles of `scribbles.free_scribble` (seeds from `FREE_SCRIBBLE_SEED`), each
+    method's share of painted regions kept (`metrics.regions_kept`, pooled over regions), realism and distance;
+    a sample figure (`free_form.png`). Returns the report's lines and its targets."""
+    scribbles = [free_scribble(FREE_SCRIBBLE_SEED + i) for i in range(count)]
+    paintings = as_tensor([s.painting for s in scribbles])
+    prompts = [s.prompt for s in scribbles]
+    runs = {"text only": lambda: pipe.text2img(prompts, generator=_gens(count), output_type="pt").images}
+    for strength in SDEDIT_STRENGTHS:
+        runs[f"SDEdit s={strength}"] = lambda s=strength: pipe.sdedit(prompts, list(paintings), s, generator=_gens(count),
+                                                                      output_type="pt").images
+    runs["GradOP 40 steps"] = lambda: pipe.gradop(prompts, list(paintings), generator=_gens(count), output_type="pt").images
+    runs["GradOP+"] = lambda: pipe.gradop_plus(prompts, list(paintings), generator=_gens(count), output_type="pt").images
+    if declared_defaults(pipe, "gradop_plus")["strength"] != 0.8:
+        runs["GradOP+ s=0.8 (released)"] = lambda: pipe.gradop_plus(prompts, list(paintings), 0.8, 3, 12,
+                                                                    generator=_gens(count), output_type="pt").images
+    results, outputs = {}, {}
+    for name, run in runs.items():
+        images = run().cpu().float()
+        kept = [regions_kept(images[i:i + 1], paintings[i:i + 1], s.masks()[1], KEPT_TOLERANCE,
+                             sigma_fraction=sigma_fraction)[0] for i, s in enumerate(scribbles)]
+        results[name] = dict(kept=torch.cat(kept).float().numpy(), realism=realism(images, judge).numpy(),
+                             distance=painting_distance(images, paintings, sigma_fraction=sigma_fraction).numpy())
+        outputs[name] = images
+        print(f"free-form {name}: kept {results[name]['kept'].mean():.2f}, photo {results[name]['realism'].mean():.2f}")
+    regions = len(results["text only"]["kept"])
+    lines = ["\n## Free-form scribbles",
+             f"{count} held-out scribbles drawn as a person draws on the pad (`gradop.toy.scribbles`, seeds from "
+             f"{FREE_SCRIBBLE_SEED}: PIL shapes and brush strokes in the pad's palette, anti-aliased; suns anywhere, "
+             "tilted horizons, shores at an angle, diagonal sand strokes, forest blocks and houses anywhere), a "
+             "procedure separate from training's free layouts; the prompt names every painted object. "
+             f"{regions} painted regions (each ≥ 3 % of its image). Kept: the share of regions whose blurred output "
+             f"colour (mean of f(x) over the region) is within {KEPT_TOLERANCE} (RGB in [0, 1], Euclidean) of the "
+             f"painted colour. GradOP+ at the model's defaults ({_plus_defaults(pipe)}).\n",
+             "| method | regions kept | realism | painting distance |", "|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {fmt(bootstrap(r['kept']))} | {fmt(bootstrap(r['realism']))} | "
+                     f"{fmt(bootstrap(r['distance']), 4)} |")
+    mean = lambda name, key: float(results[name][key].mean())  # noqa: E731
+    text_interval = bootstrap(results["text only"]["realism"])
+    checks = [("free-form: GradOP+ keeps ≥ 80 % of painted regions", fmt(bootstrap(results["GradOP+"]["kept"])),
+               mean("GradOP+", "kept") >= 0.8),
+              ("free-form: GradOP+ realism within text-only's interval "
+               f"({fmt(text_interval)})", fmt(bootstrap(results["GradOP+"]["realism"])),
+               mean("GradOP+", "realism") >= text_interval[1])]
+    # SDEdit at the strength that keeps as many regions: the most realistic (highest) such strength
+    as_faithful = [s for s in SDEDIT_STRENGTHS if mean(f"SDEdit s={s}", "kept") >= mean("GradOP+", "kept")]
+    if as_faithful:
+        s = max(as_faithful)
+        checks.append((f"free-form: SDEdit at the strength that keeps as many regions (s = {s}: "
+                       f"{mean(f'SDEdit s={s}', 'kept'):.2f}) is judged ≤ 0.5 photo",
+                       fmt(bootstrap(results[f"SDEdit s={s}"]["realism"])), mean(f"SDEdit s={s}", "realism") <= 0.5))
+    else:
+        s = min(SDEDIT_STRENGTHS)
+        checks.append(("free-form: SDEdit at the strength that keeps as many regions is judged ≤ 0.5 photo",
+                       f"no strength keeps as many (s = {s}: {mean(f'SDEdit s={s}', 'kept'):.2f})", True))
+    _free_figure(out / "free_form.png", paintings, outputs, f"SDEdit s={s}", results)
+    lines.append(f"\n![free-form scribbles](free_form.png)\n\nThe figure: painting, SDEdit at s = {s} (the most "
+                 "realistic strength that keeps as many regions as GradOP+), GradOP+, and a text-only sample of the same "
+                 "prompt, on the first scribbles.\n")
+    return lines, checks
+
+
+def _free_figure(path, paintings, outputs, sdedit, results, rows: int = 6):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [("painting", None), (sdedit, sdedit), ("GradOP+", "GradOP+"), ("text only", "text only")]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows), squeeze=False)
+    for r in range(rows):
+        for c, (title, name) in enumerate(columns):
+            image = paintings[r] if name is None else outputs[name][r]
+            axes[r, c].imshow(image.permute(1, 2, 0).numpy())
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                label = title if name is None else (f"{title}\nkept {results[name]['kept'].mean():.2f}, "
+                                                    f"photo {results[name]['realism'].mean():.2f}")
+                axes[r, c].set_title(label, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def select_defaults(pipe, judge, count: int, out: Path) -> dict:
+    """Choose GradOP+'s defaults for a model: on `count` held-out scenes (half band, half free layouts, seeds from
+    `SELECTION_SEED`, none the report's), every strength x N of `SELECTION_GRID` (K = 3); the most faithful
+    setting (lowest painting distance) whose realism is within text-only's 95 % interval. Writes
+    `<out>/defaults.md` and returns the choice."""
+    sigma_fraction = getattr(pipe.config, "painting_sigma_fraction", None)
+    scenes = [make_scene(SELECTION_SEED + i, family="band" if i % 2 == 0 else "free") for i in range(count)]
+    paintings, prompts = [s.painting for s in scenes], [s.prompt() for s in scenes]
+    text = pipe.text2img(prompts, generator=_gens(count), output_type="pt").images.cpu().float()
+    text_interval = bootstrap(realism(text, judge).numpy())
+    rows, candidates = [], []
+    settings = [(s, n) for s in SELECTION_GRID["strength"] for n in SELECTION_GRID["grad_steps_per_iter"]]
+    for strength, steps in settings:
+        images = pipe.gradop_plus(prompts, paintings, strength, 3, steps, generator=_gens(count),
+                                  output_type="pt").images.cpu().float()
+        real = bootstrap(realism(images, judge).numpy())
+        dist = bootstrap(painting_distance(images, as_tensor(paintings), sigma_fraction=sigma_fraction).numpy(), 2000)
+        ok = real[0] >= text_interval[1]
+        rows.append((strength, steps, real, dist, ok))
+        if ok:
+            candidates.append((dist[0], strength, steps))
+        print(f"selection s={strength} N={steps}: photo {real[0]:.2f}, distance {dist[0]:.4f}")
+    _, strength, steps = min(candidates) if candidates else (None, 0.8, 12)
+    lines = ["# GradOP+ defaults of the toy model", f"{count} held-out scenes (seeds from {SELECTION_SEED}; even: band "
+             "layouts, odd: free layouts; neither the report's scenes nor the tutorial's paintings), 64×64, 50 DDIM "
+             f"steps, K = 3. Text-only realism {fmt(text_interval)}. Chosen: the lowest painting distance among the "
+             "settings whose realism is at least the lower end of text-only's interval.\n",
+             "| strength | N | realism | painting distance | realism within text-only's interval |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {n} | {fmt(r)} | {fmt(d, 4)} | {'yes' if ok else 'no'} |" for s, n, r, d, ok in rows]
+    lines.append(f"\n**Chosen: strength {strength}, N = {steps}, K = 3** "
+                 f"(declared by the model now: {_plus_defaults(pipe)}).\n")
+    (out / "defaults.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'defaults.md'}: strength {strength}, N {steps}")
+    return {"strength": strength, "num_iterative_steps": 3, "grad_steps_per_iter": steps}
 
 
 def painting_scale(photos, scribbles, chosen, sigmas=(0.5, 0.875, 1.0, 1.5, 2.0, 3.0, 7.0)):
@@ -306,7 +450,7 @@ def region_semantics(pipe, judge, count, weights=BINDING_WEIGHTS):
              f"{len(scenes)} held-out scenes (seeds from {BINDING_SEED}) with a forest and a meadow each covering "
              "≥ 10 % of the image, both painted green (one colour range, shades drawn alike for both classes; the two "
              "shades differ by ≥ 12 in some channel so that their masks can be told apart), prompt \"a photo of a "
-             "forest and a meadow\", GradOP+ at the released defaults. Binding: {forest's green: \"forest\", "
+             "forest and a meadow\", GradOP+ at the model's defaults. Binding: {forest's green: \"forest\", "
              "meadow's green: \"meadow\"}; swapped: the two phrases exchanged. Share of each region's patches "
              "judged each class, and the realism of the whole image (share of all patches judged photo):\n",
              "| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -396,9 +540,32 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--region-scenes", type=int, default=24, help="scenes for the region-semantics comparison")
+    p.add_argument("--free-scribbles", type=int, default=32, help="scribbles of the free-form section")
     p.add_argument("--judge", default=None, help="judge weights (default: the bundled ones)")
     p.add_argument("--out", default="reports/toy")
-    evaluate(p.parse_args(argv))
+    p.add_argument("--select-defaults", type=int, default=0, metavar="SCENES",
+                   help="only choose GradOP+'s defaults on this many held-out scenes (writes <out>/defaults.md)")
+    p.add_argument("--free-form-only", action="store_true",
+                   help="only the free-form section, into <out>/free_form.md (minutes instead of half an hour)")
+    args = p.parse_args(argv)
+    if args.select_defaults or args.free_form_only:
+        from ..models import load_pipeline
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        pipe = load_pipeline(args.model, device=args.device, dtype="fp32", verbose=True)
+        pipe.set_progress_bar_config(disable=True)
+        judge = load_judge(args.judge) if args.judge else load_judge()
+        if args.select_defaults:
+            select_defaults(pipe, judge, args.select_defaults, out)
+        else:
+            lines, checks = free_form(pipe, judge, args.free_scribbles, out, pipe.config.painting_sigma_fraction)
+            lines += ["| target | measured | met |", "|---|---|---|"]
+            lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in checks]
+            (out / "free_form.md").write_text("# Toy world: free-form scribbles\n" + "\n".join(lines) + "\n")
+            print(f"wrote {out / 'free_form.md'}")
+        return 0
+    evaluate(args)
     return 0
 
 

@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler
 from tqdm.auto import tqdm
 
 from ..regions import biased_attention, query_grid
-from .components import PAINTING_SIGMA_FRACTION, toy_components
-from .judge import PatchJudge, patch_labels
-from .world import CLASSES, MODALITIES, PHRASES, make_scene
+from .components import GRADOP_PLUS_DEFAULTS, PAINTING_SIGMA_FRACTION, toy_components
+from .judge import PatchJudge, load_judge, patch_labels
+from .world import CLASSES, MODALITIES, PHRASES, make_scene, training_family
 
 HELD_OUT_SEED = 1_000_000
 PACKAGE = Path(__file__).parent
@@ -110,7 +111,7 @@ def texture_energy(images: torch.Tensor, cell: int = 4) -> torch.Tensor:
 # follow it. Stop 27 (the report, 24 held-out one-green scenes, w' = 1): forest and meadow regions judged their
 # bound class 0.73 each (0.49 unbound), but swapping the phrases moved the majority in only 67 % of regions: in the
 # world a meadow is always the field around a wood, so "forest" on the field moved it part-way. Stop 28 adds the
-# `wood=True` layout (the field a wood around a meadow clearing) to stage 4's data (`--binding-wood-scenes`):
+# "wood" layout family (the field a wood around a meadow clearing) to stage 4's data (`--binding-wood-scenes`):
 # bound 0.82 / 0.86, swap 75 %, with GradOP+ through the full decoder. (Stop 27 also fixed `random_batch`, which
 # had reversed half of the captions' token ids.)
 WORD_CLASSES = {phrase: CLASSES.index(name) for name, phrase in PHRASES.items()}  # "meadow" -> grass, ...
@@ -164,10 +165,10 @@ class TrainingBindingProcessor:
 
 
 @torch.no_grad()
-def validate_judge(judge, vae, scenes: int = 64) -> dict:
-    """The judge on held-out renders, as drawn and as `vae` reconstructs them: the share of patches judged in
-    the right modality, per render kind, and of pure photo patches judged the right class."""
-    held_out = world_tensors(make_scene(HELD_OUT_SEED + i) for i in range(scenes))
+def validate_judge(judge, vae, scenes: int = 64, family: str = "band") -> dict:
+    """The judge on held-out renders of layout `family`, as drawn and as `vae` reconstructs them: the share of
+    patches judged in the right modality, per render kind, and of pure photo patches judged the right class."""
+    held_out = world_tensors(make_scene(HELD_OUT_SEED + i, family=family) for i in range(scenes))
     truth = patch_labels(held_out["labels"])
     result = {}
     for kind in (*MODALITIES, "scribble"):
@@ -265,64 +266,85 @@ def train(args) -> None:
 
     parts = toy_components(args.seed, tiny=args.tiny)
     vae, unet, text_encoder, tokenizer = (parts[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
-    drawn = (make_scene(seed) for seed in tqdm(range(args.scenes), desc="drawing scenes", leave=False))
-    world = world_tensors(drawn)
-    captions = world["captions"]
     def batch_of(tensors, size):
         return random_batch(tensors, size, stage.generator, device)
 
+    # The VAE and the judge learn textures, which do not depend on where things stand: they train on the band
+    # layouts alone (so adding the free family left them as they were, bit for bit). The UNet learns layouts: it
+    # trains on the mix of `training_family`, band and free.
+    if args.vae_from and args.judge_from:
+        band = None
+    else:
+        count = args.scenes if not args.vae_from else min(args.scenes, args.judge_scenes)
+        band = world_tensors(make_scene(seed) for seed in tqdm(range(count), desc="drawing band scenes", leave=False))
+
     # 1. VAE, on every modality and the scribbles
-    vae.to(device).train()
-    everything = torch.cat([world[m] for m in MODALITIES] + [world["scribble"]])
-    stage = Stage("vae", {"vae": vae}, args.vae_steps, 1e-3, work, log, args.seed)
+    if args.vae_from:
+        vae = AutoencoderKL.from_pretrained(Path(args.vae_from) / "vae")  # its scaling factor comes with it
+    else:
+        vae.to(device).train()
+        everything = torch.cat([band[m] for m in MODALITIES] + [band["scribble"]])
+        stage = Stage("vae", {"vae": vae}, args.vae_steps, 1e-3, work, log, args.seed)
 
-    def vae_loss(step):
-        (x,) = batch_of([everything], args.vae_batch_size)
-        posterior = vae.encode(x * 2 - 1).latent_dist
-        recon, x = vae.decode(posterior.sample(generator=None)).sample, x * 2 - 1
-        # L1 on pixels and on their differences, and on the local texture energy: random-phase texture (grass
-        # blades, ripples) cannot be matched pixel by pixel, so L1 alone averages it away and a photo comes
-        # back looking painted; matching its amplitude per 4x4 cell keeps it (the role of SD's perceptual loss)
-        edges = lambda t: (t.diff(dim=-1), t.diff(dim=-2))  # noqa: E731
-        sharpness = sum((a - b).abs().mean() for a, b in zip(edges(recon), edges(x)))
-        texture = (texture_energy(recon) - texture_energy(x)).abs().mean()
-        return (recon - x).abs().mean() + sharpness + args.vae_texture_weight * texture + 1e-6 * posterior.kl().mean()
+        def vae_loss(step):
+            (x,) = batch_of([everything], args.vae_batch_size)
+            posterior = vae.encode(x * 2 - 1).latent_dist
+            recon, x = vae.decode(posterior.sample(generator=None)).sample, x * 2 - 1
+            # L1 on pixels and on their differences, and on the local texture energy: random-phase texture (grass
+            # blades, ripples) cannot be matched pixel by pixel, so L1 alone averages it away and a photo comes
+            # back looking painted; matching its amplitude per 4x4 cell keeps it (the role of SD's perceptual loss)
+            edges = lambda t: (t.diff(dim=-1), t.diff(dim=-2))  # noqa: E731
+            sharpness = sum((a - b).abs().mean() for a, b in zip(edges(recon), edges(x)))
+            texture = (texture_energy(recon) - texture_energy(x)).abs().mean()
+            return (recon - x).abs().mean() + sharpness + args.vae_texture_weight * texture + 1e-6 * posterior.kl().mean()
 
-    stage.run(vae_loss)
-    vae.eval().requires_grad_(False)
-    means, stds = encode_posteriors(vae, world["training"])
-    vae.register_to_config(scaling_factor=float(1 / means.std()))
+        stage.run(vae_loss)
+        del everything
+        band_means, _ = encode_posteriors(vae, band["training"])
+        vae.register_to_config(scaling_factor=float(1 / band_means.std()))  # latents of unit variance
+    vae.to(device).eval().requires_grad_(False)
 
     # 2. The judge: modality and class of every patch, on renders (the scribbles count as paintings) as drawn and
     #    as the VAE reconstructs them. A subset of the scenes is plenty for a patch classifier. It needs only the
     #    VAE, so it is trained before the UNet: UNet checkpoints can be probed with it while the UNet trains.
-    n = min(len(captions), args.judge_scenes)
-    kinds = [(world[m][:n], MODALITIES.index(m)) for m in MODALITIES] + [(world["scribble"][:n], MODALITIES.index("painting"))]
-    judge_images = torch.cat([x for x, _ in kinds] + [vae_reconstruct(vae, x) for x, _ in kinds])
-    judge_modality = torch.cat([torch.full((n,), m) for _, m in kinds] * 2)
-    judge_classes = patch_labels(world["labels"][:n]).repeat(2 * len(kinds), 1, 1)
-    # the scribbles double the paintings: weigh each modality equally, or "painting" becomes the default verdict
-    counts = torch.bincount(judge_modality, minlength=len(MODALITIES)).float()
-    balance = (counts.sum() / (len(MODALITIES) * counts)).to(device)
     torch.manual_seed(args.seed + 1)  # the judge's initial weights, from its own seed too
     judge = PatchJudge().to(device)
-    stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log, args.seed + 1)
+    if args.judge_from:
+        judge = load_judge(args.judge_from).to(device)
+    else:
+        n = min(len(band["captions"]), args.judge_scenes)
+        kinds = [(band[m][:n], MODALITIES.index(m)) for m in MODALITIES] + [(band["scribble"][:n], MODALITIES.index("painting"))]
+        judge_images = torch.cat([x for x, _ in kinds] + [vae_reconstruct(vae, x) for x, _ in kinds])
+        judge_modality = torch.cat([torch.full((n,), m) for _, m in kinds] * 2)
+        judge_classes = patch_labels(band["labels"][:n]).repeat(2 * len(kinds), 1, 1)
+        # the scribbles double the paintings: weigh each modality equally, or "painting" becomes the default verdict
+        counts = torch.bincount(judge_modality, minlength=len(MODALITIES)).float()
+        balance = (counts.sum() / (len(MODALITIES) * counts)).to(device)
+        stage = Stage("judge", {"judge": judge}, args.judge_steps, 2e-3, work, log, args.seed + 1)
 
-    def judge_loss(step):
-        x, m, y = batch_of([judge_images, judge_modality, judge_classes], 2 * args.batch_size)
-        modality_logits, class_logits = judge(x)
-        # the modality term weighs 3x: the class term is ambiguous on paintings by design (one green, two classes)
-        # and stays large, and at 1x it drowned the modality term (held-out photos judged photo 0.88 at 1500 steps)
-        return (3 * F.cross_entropy(modality_logits, m[:, None, None].expand(-1, *y.shape[1:]), weight=balance)
-                + F.cross_entropy(class_logits, y, ignore_index=-100))
+        def judge_loss(step):
+            x, m, y = batch_of([judge_images, judge_modality, judge_classes], 2 * args.batch_size)
+            modality_logits, class_logits = judge(x)
+            # the modality term weighs 3x: the class term is ambiguous on paintings by design (one green, two classes)
+            # and stays large, and at 1x it drowned the modality term (held-out photos judged photo 0.88 at 1500 steps)
+            return (3 * F.cross_entropy(modality_logits, m[:, None, None].expand(-1, *y.shape[1:]), weight=balance)
+                    + F.cross_entropy(class_logits, y, ignore_index=-100))
 
-    stage.run(judge_loss)
+        stage.run(judge_loss)
+        del judge_images, judge_modality, judge_classes
     judge.eval().requires_grad_(False)
-    del judge_images, judge_modality, judge_classes
-    validation = validate_judge(judge, vae)
-    log({"stage": "judge validation", **validation})
-    print("judge on held-out renders (share of patches right; targets: modality >= 0.95, photo class >= 0.90):\n  "
-          + "\n  ".join(f"{k}: {v:.3f}" for k, v in validation.items()))
+    del band
+    for family in ("band", "free"):
+        validation = validate_judge(judge, vae, family=family)
+        log({"stage": f"judge validation ({family})", **validation})
+        print(f"judge on held-out {family} renders (share of patches right; targets: modality >= 0.95, photo class "
+              ">= 0.90):\n  " + "\n  ".join(f"{k}: {v:.3f}" for k, v in validation.items()))
+
+    drawn = (make_scene(seed, family=training_family(seed)) for seed in tqdm(range(args.scenes), desc="drawing scenes",
+                                                                             leave=False))
+    world = world_tensors(drawn)
+    captions = world["captions"]
+    means, stds = encode_posteriors(vae, world["training"])
 
     # 3. UNet and text encoder, on cached latent means (plus the posterior's spread, sampled per step)
     def tokenize(texts):
@@ -331,7 +353,6 @@ def train(args) -> None:
 
     ids = tokenize(captions)
     empty = tokenize([""])
-    from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                    beta_schedule="scaled_linear")
@@ -370,11 +391,11 @@ def train(args) -> None:
     # 4. Binding: a fine-tune from the EMA weights with the region bias of `gradop.regions` on the true class masks
     #    of a share of the images (`TrainingBinding`), w' drawn per image, σ_t of its timestep
     if args.binding_steps:
-        # Its data also holds the world's other layout, a wood over the field around a meadow clearing (`wood=True`),
+        # Its data also holds the world's other layout, a wood over the field around a meadow clearing (family "wood"),
         # so that where a green region lies does not say what it is: only the bias does
         labels = world["labels"]
         if args.binding_wood_scenes:
-            woods = world_tensors(make_scene(seed, wood=True) for seed in
+            woods = world_tensors(make_scene(seed, family="wood") for seed in
                                   tqdm(range(args.binding_wood_scenes), desc="drawing woods", leave=False))
             wood_means, wood_stds = encode_posteriors(vae, woods["training"])
             means, stds = torch.cat([means, wood_means]), torch.cat([stds, wood_stds])
@@ -417,7 +438,8 @@ def train(args) -> None:
     out = Path(args.out)
     pipe = GradOPPipeline(vae=vae.cpu(), text_encoder=ema_text.cpu().eval(), tokenizer=tokenizer,
                           unet=ema.cpu().eval(), scheduler=parts["scheduler"],
-                          painting_sigma_fraction=PAINTING_SIGMA_FRACTION)
+                          painting_sigma_fraction=PAINTING_SIGMA_FRACTION,
+                          method_defaults={"gradop_plus": GRADOP_PLUS_DEFAULTS})
     pipe.save_pretrained(out / "model", safe_serialization=True)
     save_file({k: v.contiguous() for k, v in judge.cpu().state_dict().items()}, str(out / "judge.safetensors"))
     print(f"wrote {out / 'model'} and {out / 'judge.safetensors'}")
@@ -441,6 +463,10 @@ def main(argv=None) -> int:
     p.add_argument("--binding-lr", type=float, default=3e-4, help="stage 4's learning rate")
     p.add_argument("--binding-wood-scenes", type=int, default=3000,
                    help="scenes of the wood-around-a-clearing layout added to stage 4's data (seeds 0..N-1)")
+    p.add_argument("--vae-from", default=None,
+                   help="a pipeline folder whose vae/ to use instead of training stage 1 (e.g. gradop/toy/model: the "
+                        "defaults reproduce it, stages 1-2 see band layouts only)")
+    p.add_argument("--judge-from", default=None, help="judge weights to use instead of training stage 2")
     p.add_argument("--device", default="auto")
     p.add_argument("--work-dir", default="toy-train", help="checkpoints and log.jsonl (training resumes from them)")
     p.add_argument("--out", default=str(PACKAGE), help="where model/ and judge.safetensors are written")

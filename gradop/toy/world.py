@@ -212,6 +212,98 @@ def layout(rng, size, wood: bool = False):
     return labels, roof, present
 
 
+def _blob(rng, xx, yy, cx, cy, ax, ay, rough=0.25):
+    """An ellipse at (cx, cy) with half-axes (ax, ay) whose edge wobbles by `rough` of its size: a hand-shaped patch."""
+    h, w = xx.shape
+    edge = 1 + rough * smooth_noise(rng, h, w, 4)
+    return ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= edge
+
+
+def _line_side(xx, yy, point, angle, bend, w):
+    """Signed distance (pixels) of every pixel from a line through `point` at `angle`, bent by `bend` pixels at
+    the frame's edges (0 at the point): the shore or horizon of a free layout."""
+    nx, ny = -np.sin(angle), np.cos(angle)  # the line's normal
+    along = (xx - point[0]) * np.cos(angle) + (yy - point[1]) * np.sin(angle)
+    return (xx - point[0]) * nx + (yy - point[1]) * ny - bend * (along / w * 2) ** 2
+
+
+def free_layout(rng, size):
+    """The free layout family: what people actually scribble. A horizon at any height and tilt (sometimes bent,
+    sometimes out of the frame), any number of each object (0-2 suns, 0-3 clouds, 0-3 mountains, 0-3 forest
+    patches, 0-2 houses) at any place and scale, lakes or a straight or curved shore crossing the ground at any
+    angle, beaches and diagonal sand strips. Same outputs as `layout`."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    labels = np.zeros((h, w), np.int64)
+    roof = np.zeros((h, w), bool)
+    cls = {name: i for i, name in enumerate(CLASSES)}
+    warp = smooth_noise(rng, h, w, 8) * 0.03 * h
+    # the horizon: height anywhere from near the top to below the frame, tilt up to ±30°, a bend up to ±15 % of h
+    height = rng.uniform(0.15, 1.05) * h if rng.random() < 0.9 else -0.1 * h  # (-0.1 h: all ground)
+    tilt, bend = rng.uniform(-0.52, 0.52), rng.uniform(-0.15, 0.15) * h
+    horizon_side = _line_side(xx, yy, (w / 2, height), tilt, bend, w) + warp  # > 0 below the horizon
+    ground = horizon_side >= 0
+    sky = ~ground
+    for _ in range(rng.choice([0, 0, 1, 1, 1, 2])):  # suns, anywhere in the sky, low ones half set
+        r = rng.uniform(0.07, 0.2) * h
+        cx, cy = rng.uniform(0.05, 0.95) * w, rng.uniform(0.05, 0.95) * h
+        labels[((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) & sky] = cls["sun"]
+    for _ in range(rng.choice([0, 0, 1, 2, 3])):  # clouds: unions of ellipses anywhere in the sky
+        cx, cy = rng.uniform(0, w), rng.uniform(0.02, 0.9) * h
+        scale = rng.uniform(0.6, 1.6)
+        for _ in range(rng.integers(3, 6)):
+            ex, ey = cx + rng.normal(0, 0.08 * w * scale), cy + rng.normal(0, 0.02 * h * scale)
+            ax, ay = rng.uniform(0.06, 0.14) * w * scale, rng.uniform(0.04, 0.07) * h * scale
+            labels[(((xx - ex) / ax) ** 2 + ((yy - ey) / ay) ** 2 <= 1) & sky] = cls["cloud"]
+    for _ in range(rng.choice([0, 0, 1, 1, 2, 3])):  # mountains: peaks of any width and height on the horizon
+        px = rng.uniform(-0.1, 1.1) * w
+        half_width, peak = rng.uniform(0.12, 0.45) * w, rng.uniform(0.12, 0.6) * h
+        ridge = np.abs(xx - px) / half_width + 0.12 * smooth_noise(rng, h, w, 3)  # 0 at the peak, 1 at the foot
+        above = -horizon_side  # pixels above the horizon, measured across it
+        mountain = sky & (above <= peak * (1 - ridge))
+        labels[mountain] = cls["mountain"]
+        if rng.random() < 0.5:  # a snowy top
+            labels[mountain & (above >= peak * (1 - ridge) - rng.uniform(0.25, 0.5) * peak)] = cls["snow"]
+    labels[ground] = cls["grass"]
+    water = rng.random()
+    if water < 0.3:  # lakes and ponds anywhere on the ground
+        for _ in range(rng.integers(1, 3)):
+            cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.2, 1.0) * h
+            ax, ay = rng.uniform(0.12, 0.45) * w, rng.uniform(0.08, 0.25) * h
+            lake = ground & _blob(rng, xx, yy, cx, cy, ax, ay, 0.15)
+            if rng.random() < 0.4:  # a sandy rim
+                rim = ground & _blob(rng, xx, yy, cx, cy, ax + 0.08 * w, ay + 0.08 * h, 0.1)
+                labels[rim & (labels == cls["grass"])] = cls["sand"]
+            labels[lake] = cls["water"]
+    elif water < 0.6:  # a shore across the ground at any angle, straight or curved, maybe with a beach along it
+        point = (rng.uniform(0.1, 0.9) * w, rng.uniform(0.3, 0.9) * h)
+        shore = _line_side(xx, yy, point, rng.uniform(0, 2 * np.pi), rng.uniform(-0.3, 0.3) * h, w) + warp
+        if rng.random() < 0.5:
+            labels[ground & (shore >= -rng.uniform(0.05, 0.15) * h)] = cls["sand"]
+        labels[ground & (shore >= 0)] = cls["water"]
+    if rng.random() < 0.25:  # a diagonal strip of sand (a path, a spit), a bold stroke
+        point = (rng.uniform(0.2, 0.8) * w, rng.uniform(0.4, 0.9) * h)
+        across = np.abs(_line_side(xx, yy, point, rng.uniform(0, np.pi), rng.uniform(-0.1, 0.1) * h, w) + warp)
+        labels[ground & (across <= rng.uniform(0.04, 0.09) * h)] = cls["sand"]
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):  # forest patches of any size anywhere on land
+        cx, cy = rng.uniform(0, 1) * w, rng.uniform(0.1, 1.0) * h
+        patch = ground & _blob(rng, xx, yy, cx, cy, rng.uniform(0.08, 0.4) * w, rng.uniform(0.06, 0.25) * h)
+        labels[patch & (labels != cls["water"])] = cls["forest"]
+    for _ in range(rng.choice([0, 0, 1, 1, 2])):  # houses on land, any size
+        scale = rng.uniform(0.6, 1.5)
+        bw, bh = rng.uniform(0.18, 0.28) * w * scale, rng.uniform(0.12, 0.18) * h * scale
+        x0, base = rng.uniform(-0.05 * w, w - 0.9 * bw), rng.uniform(0.25 * h, 1.02 * h)
+        walls = (xx >= x0) & (xx <= x0 + bw) & (yy <= base) & (yy >= base - bh)
+        apex = base - bh - rng.uniform(0.06, 0.11) * h * scale
+        house_roof = (yy < base - bh) & (yy >= apex + np.abs(xx - (x0 + bw / 2)) * (base - bh - apex) / (bw / 2 + 0.03 * w))
+        if walls.any() and ground[walls].mean() > 0.7 and (labels[walls] == cls["water"]).mean() < 0.1:
+            labels[walls | house_roof] = cls["house"]
+            roof |= house_roof
+    roof &= labels == cls["house"]
+    present = {name for name in CLASSES if (labels == cls[name]).mean() >= NAMED_SHARE}
+    return labels, roof, present
+
+
 def scene_colors(rng) -> dict:
     """The painted colour of every class in this scene (and of the roof), drawn from its range."""
     colors = {name: _shade(rng, name) for name in CLASSES}
@@ -396,16 +488,30 @@ def caption(rng, description: str, modality: str) -> str:
     return f"a {modality} of {description}"
 
 
-def make_scene(seed: int, size: int | tuple[int, int] = 64, wood: bool = False) -> Scene:
-    """The scene of `seed` at `size` (>= 64 recommended); identical for the same seed and size.
+FAMILIES = ("band", "wood", "free")  # layout families: `layout` (and its wood variant) and `free_layout`
+FREE_SHARE = 0.5  # share of training scenes drawn in the free family (`training_family`)
 
-    `wood=True` draws the scene's other layout family, a wood covering the field around a meadow clearing (the
-    training of region bindings uses it: there, the place of a green region says nothing about its class)."""
+
+def training_family(seed: int) -> str:
+    """The layout family of training scene `seed`: "free" for a share `FREE_SHARE` of the seeds, "band" otherwise
+    (drawn from the seed alone, so a scene's family never depends on how many scenes are drawn)."""
+    return "free" if np.random.default_rng([seed, 31]).random() < FREE_SHARE else "band"
+
+
+def make_scene(seed: int, size: int | tuple[int, int] = 64, family: str = "band") -> Scene:
+    """The scene of `seed` at `size` (>= 64 recommended) in layout `family`; identical for the same arguments.
+
+    Families (`FAMILIES`): "band" — sky on top, one horizon, ground below, objects at their usual places;
+    "wood" — the same draws with the field a wood around a meadow clearing (the training of region bindings uses
+    it: there, the place of a green region says nothing about its class); "free" — `free_layout`, objects
+    anywhere at any scale, tilted horizons, diagonal shores: the layouts people scribble."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     size = (size, size) if isinstance(size, int) else tuple(size)
     if min(size) < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     rng = np.random.default_rng([seed, *size])
-    labels, roof, present = layout(rng, size, wood)
+    labels, roof, present = free_layout(rng, size) if family == "free" else layout(rng, size, family == "wood")
     colors = scene_colors(rng)
     renders = {"photo": render_photo(rng, labels, roof, colors), "painting": render_painting(rng, labels, roof, colors),
                "cartoon": render_cartoon(rng, labels, roof, colors)}
@@ -427,12 +533,12 @@ def label_colors() -> np.ndarray:
     return np.array([LABEL_COLORS[c] for c in CLASSES], np.uint8)
 
 
-def preview(seeds, size=64, scale=2, wood: bool = False) -> PIL.Image.Image:
-    """Rows of photo | painting | cartoon | scribble | labels for `seeds`, with each scene's caption underneath
-    (`wood`: the wood-around-a-clearing layout)."""
+def preview(seeds, size=64, scale=2, family: str = "band") -> PIL.Image.Image:
+    """Rows of photo | painting | cartoon | scribble | labels for `seeds` in layout `family`, with each scene's
+    caption underneath."""
     rows = []
     for seed in seeds:
-        s = make_scene(seed, size, wood)
+        s = make_scene(seed, size, family)
         row = np.concatenate([*(s.renders[m] for m in MODALITIES), s.painting, label_colors()[s.labels]], axis=1)
         tile = PIL.Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), PIL.Image.NEAREST)
         canvas = PIL.Image.new("RGB", (tile.width, tile.height + 14), "white")
@@ -454,9 +560,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="toy-world.png", help="output PNG")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--wood", action="store_true", help="the other layout: a wood around a meadow clearing")
+    parser.add_argument("--family", choices=FAMILIES, default="band",
+                        help="layout family: band (sky, horizon, ground), wood (a wood around a clearing), free (anywhere)")
     args = parser.parse_args(argv)
-    preview(args.seeds, args.size, wood=args.wood).save(args.out)
+    preview(args.seeds, args.size, family=args.family).save(args.out)
     print(f"wrote {args.out}")
     return 0
 
