@@ -19,10 +19,12 @@ from gradop.colors import extract_palette, parse_color, region_masks, to_hex
 from gradop.toy.evaluate import BINDING_WEIGHTS, binding_scenes
 from gradop.toy.components import PAINTING_SIGMA_FRACTION
 from gradop.toy.judge import load_judge, patch_labels
+from gradop.toy.scribbles import free_scribble
 from gradop.toy.train import HELD_OUT_SEED, as_tensor, texture_energy
 from gradop.painting import GaussianBlur
 from gradop.toy.world import (GRAIN_PERIOD, CLASSES, COLOR_GROUPS, MODALITIES, MODALITY_MIX, NAMED_MODALITY, NAMED_SHARE,
-                              PHOTO_GRAIN, PHRASES, RIGHT_MODALITY, VOCABULARY, label_colors, make_scene, photo_grain, preview)
+                              PHOTO_GRAIN, PHRASES, RIGHT_MODALITY, VOCABULARY, label_colors, make_scene, photo_grain, preview,
+                              training_family)
 
 INPUT = Path(__file__).parent.parent / "input-images" / "toy"
 
@@ -43,13 +45,53 @@ def test_a_wood_scene_turns_the_field_into_forest_around_a_meadow_clearing():
     forest, grass = CLASSES.index("forest"), CLASSES.index("grass")
     shares = []
     for seed in range(60):
-        plain, wood = make_scene(seed), make_scene(seed, wood=True)
-        assert np.array_equal(make_scene(seed, wood=True).image, wood.image)  # deterministic too
+        plain, wood = make_scene(seed), make_scene(seed, family="wood")
+        assert np.array_equal(make_scene(seed, family="wood").image, wood.image)  # deterministic too
         shares.append([(s.labels == c).mean() for s in (plain, wood) for c in (forest, grass)])
     plain_forest, plain_grass, wood_forest, wood_grass = np.mean(shares, 0)
     # measured on these 60 seeds: forest 0.04 -> 0.23, meadow 0.31 -> 0.10 of the image; both >= 0.1 in 42 %
     assert wood_forest > 2 * plain_forest and wood_grass < 0.5 * plain_grass, (plain_forest, wood_forest)
     assert np.mean([min(f, g) >= 0.1 for _, _, f, g in shares]) > 0.3  # both large enough to name, often
+
+
+def _layout_oddities(labels) -> tuple[float, float]:
+    """(the sun's centroid row / height, 0 without a sun; |ground top at the left - at the right| / height)."""
+    h, w = labels.shape
+    sun = labels == CLASSES.index("sun")
+    low = np.argwhere(sun)[:, 0].mean() / h if sun.mean() > 0.01 else 0.0
+    ground = np.isin(labels, [CLASSES.index(c) for c in ("grass", "forest", "water", "sand", "house")])
+    top = [np.argmax(ground[:, x]) if ground[:, x].any() else h for x in (2, w - 3)]
+    return low, abs(top[0] - top[1]) / h
+
+
+def test_free_layouts_put_things_where_band_layouts_never_do():
+    band = np.array([_layout_oddities(make_scene(seed).labels) for seed in range(150)])
+    free = np.array([_layout_oddities(make_scene(seed, family="free").labels) for seed in range(150)])
+    # band: the sun's centre always in the top 42 % (measured max 0.40), the horizon level within 0.15 of the side
+    assert band[:, 0].max() < 0.45 and band[:, 1].max() < 0.2, band.max(0)
+    assert (free[:, 0] > 0.45).mean() > 0.05 and (free[:, 1] > 0.25).mean() > 0.3, ((free > [0.45, 0.25]).mean(0))
+    assert np.array_equal(make_scene(7, family="free").painting, make_scene(7, family="free").painting)
+    assert not np.array_equal(make_scene(7, family="free").labels, make_scene(7).labels)
+    # every class still occurs, and the training mix draws about half of its scenes free
+    seen = set().union(*(np.unique(make_scene(seed, family="free").labels).tolist() for seed in range(60)))
+    assert seen == set(range(len(CLASSES)))
+    assert 0.4 < np.mean([training_family(seed) == "free" for seed in range(400)]) < 0.6
+    with pytest.raises(ValueError, match="family must be one of"):
+        make_scene(0, family="forest")
+
+
+def test_free_scribbles_are_deterministic_drawn_apart_from_training_and_name_every_painted_object():
+    for seed in range(20):
+        a, b = free_scribble(seed), free_scribble(seed)
+        assert np.array_equal(a.painting, b.painting) and a.prompt == b.prompt
+        names, masks = a.masks()
+        assert masks.shape[1:] == (64, 64) and all(m.mean() >= 0.03 for m in masks)
+        words = set(a.prompt.split())
+        for name in names:  # every painted region's class is named (the sky is the background)
+            assert name == "sky" or (PHRASES[name] if name not in ("mountain", "snow") else
+                                     {"mountain": "mountains", "snow": "snowy"}[name]) in words, (a.prompt, name)
+        # drawn with anti-aliased strokes, unlike the world's flat fills: many more distinct colours
+        assert len(np.unique(a.painting.reshape(-1, 3), axis=0)) > 3 * len(names)
 
 
 def test_captions_name_the_modality_for_a_share_of_scenes_and_only_what_is_there():
@@ -158,19 +200,28 @@ def test_toy_paintings_are_reproduced_and_their_manifest_is_usable():
     assert sorted(manifest) == sorted(script.PAINTINGS)
     shared = 0
     for name, entry in manifest.items():
-        scene = make_scene(script.PAINTINGS[name], script.SIZE)
+        scene = script.scene_of(name)
         assert script.PAINTINGS[name] >= HELD_OUT_SEED  # never a training scene
         assert np.array_equal(np.asarray(PIL.Image.open(INPUT / name)), scene.painting)
         assert entry["prompt"].startswith("a photo of ") and set(entry["colors"].values()) <= set(entry["prompt"].split())
+        words = set(entry["prompt"].split())
+        for c in CLASSES[1:]:  # the prompt names every painted object (lake_mountains' sun included)
+            if (scene.labels == CLASSES.index(c)).mean() >= script.NAMED_SHARE:
+                assert {"mountain": "mountains", "snow": "snowy"}.get(c, PHRASES[c]) in words, (name, c)
+        if name in script.FREE:  # a layout the band grammar never makes: a low sun or a tilted horizon
+            low, tilt = _layout_oddities(scene.labels)
+            assert low > 0.45 or tilt > 0.25, (name, low, tilt)
         masks = region_masks(scene.painting, list(entry["colors"]))
         for (color, phrase), mask in zip(entry["colors"].items(), masks):  # each bound colour is its region
-            name_ = {"meadow": "grass", "lake": "water", "mountains": "mountain", "snowy": "snow", "clouds": "cloud"}.get(phrase, phrase)
+            name_ = {"meadow": "grass", "lake": "water", "mountains": "mountain", "snowy": "snow", "clouds": "cloud",
+                     "beach": "sand"}.get(phrase, phrase)
             assert (scene.labels[mask.numpy()] == CLASSES.index(name_)).mean() > 0.8, (name, phrase)
         found = np.array([parse_color(c) for c, _ in extract_palette(scene.painting)])
         for color in entry["colors"]:  # the palette the pad and notebook 4 show finds every bound colour
             assert np.abs(found - np.array(parse_color(color))).max(1).min() <= 6, (name, color)
         shared += {"forest", "meadow"} <= set(entry["colors"].values())
     assert shared >= 2  # paintings whose one green covers a forest and a meadow, each bound
+    assert len(script.FREE) >= 3
 
 def test_toy_model_loads_offline_fast_and_is_small(capsys):
     start = time.perf_counter()
@@ -300,6 +351,26 @@ def test_swapping_the_phrases_moves_each_green_toward_its_new_phrase(toy):
     # measured on these 4 scenes: gain 0.51, the swapped phrase's class the majority in 5 of 8 regions (the report
     # measures how often the majority flips on 24 scenes: 75 % at this w', target >= 70 %)
     assert gain >= 0.2, (swapped, bound)
+
+
+def test_the_readme_main_command_keeps_every_painted_region_and_is_as_detailed_as_text_only(tmp_path, capsys):
+    # What a new user sees first: `gradop --img_path input-images/toy/lake_mountains.png` (GradOP+ at the model's
+    # defaults), against a text-only sample of the same prompt and seed
+    import PIL.Image
+
+    from gradop.cli import main
+    from gradop.metrics import detail, regions_kept
+
+    painting = INPUT / "lake_mountains.png"
+    for method in ("gradop+", "text"):
+        assert main(["--model", "toy", "--img_path", str(painting), "--method", method,
+                     "--output", str(tmp_path / f"{method}.png")]) == 0
+    assert "the model's own default" in capsys.readouterr().err  # it says which defaults it ran with
+    plus, text = (PIL.Image.open(tmp_path / f"{m}.png") for m in ("gradop+", "text"))
+    target = PIL.Image.open(painting).resize(plus.size, PIL.Image.LANCZOS)
+    assert regions_kept(plus, target, sigma_fraction=PAINTING_SIGMA_FRACTION).all()  # the sun and the snow too
+    assert not regions_kept(text, target, sigma_fraction=PAINTING_SIGMA_FRACTION).all()  # the prompt alone does not
+    assert detail(plus) >= 0.9 * detail(text), (detail(plus), detail(text))  # not flat
 
 
 def test_auto_falls_back_to_the_toy_model_offline(monkeypatch, tmp_path, capsys):

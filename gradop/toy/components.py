@@ -21,6 +21,10 @@ MAX_LENGTH = 77
 # (0.0095 unblurred) while a 3-px stroke keeps 70 % of its peak; the release's rule (σ = 0.875 px) leaves
 # more texture (0.0042), σ = 7 px (the release's pixels, 11 % of the side) keeps 17 % of the stroke.
 PAINTING_SIGMA_FRACTION = 1.5 / 64
+# The toy's own GradOP+ defaults (`GradOPPipeline.method_defaults`), chosen on held-out scenes by
+# `python -m gradop.toy.evaluate --select-defaults 32` (reports/toy/defaults.md: the most faithful strength x N
+# whose realism stays within text-only's interval); Stable Diffusion keeps the release's 0.8 / 3 / 12.
+GRADOP_PLUS_DEFAULTS = {"strength": 0.5, "num_iterative_steps": 3, "grad_steps_per_iter": 24}
 
 
 def toy_tokenizer() -> CLIPTokenizer:

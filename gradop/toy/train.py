@@ -13,7 +13,9 @@ Four stages, each resumable from its last checkpoint in `--work-dir`:
 3. UNet + text encoder — the epsilon objective on SD's noise schedule over each scene in its own
    modality with its caption (`gradop.toy.world`: photos, paintings and cartoons, the modality
    named in only part of the captions), captions dropped 10 % of the time for classifier-free
-   guidance, an exponential moving average of the weights.
+   guidance, an exponential moving average of the weights. Half of these scenes are free layouts
+   (`world.training_family`: objects anywhere, tilted horizons): GradOP can only find layouts the
+   model makes, and users scribble these. Stages 1-2 learn textures and see band layouts only.
 4. Binding — a short fine-tune of the UNet and text encoder with `gradop.regions`' paint-with-words
    bias on the true class masks of half of each batch, so that a phrase turned up in a region
    decides what the region becomes, as Stable Diffusion's cross-attention learns from its captions
