@@ -25,7 +25,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from . import checks
 from .callback import PaintingCallback
 from .images import check_side, load_image, output_size
-from .methods import declared_defaults
+from .model_defaults import declared_defaults
 from .noise_schedule import NoiseSchedule
 from .pipeline import GradOPPipeline, GradOPPipelineOutput, synthesis_method
 from .regions import RegionBinding, attention_control, bind_regions, token_positions

@@ -20,37 +20,7 @@ import inspect
 from dataclasses import dataclass
 from functools import cached_property
 
-# The defaults of the settings a model may declare for itself (`declared_defaults`): the release's for GradOP+
-# (s = 0.8, K = 3, N = 12), GradOP's own strength. A pipeline's `config.method_defaults` overrides them, e.g. the
-# toy model's {"gradop_plus": {"strength": 0.6, ...}}: where a model's prior pulls layouts back harder than
-# Stable Diffusion's, the optimisation has to start later (gradop/toy/components.py says how it was chosen).
-METHOD_DEFAULTS = {"gradop_plus": {"strength": 0.8, "num_iterative_steps": 3, "grad_steps_per_iter": 12},
-                   "gradop": {"strength": 0.6}}
-
-
-def check_method_defaults(value, name: str = "method_defaults") -> dict:
-    """A model's declared defaults: {method: {setting: value}} with methods and settings of `METHOD_DEFAULTS`."""
-    from .checks import ARGUMENT_CHECKS
-
-    if not isinstance(value, dict):
-        raise TypeError(f"{name} must be a dict like {METHOD_DEFAULTS}, got {type(value).__name__}")
-    for method, settings in value.items():
-        if method not in METHOD_DEFAULTS or not isinstance(settings, dict):
-            raise ValueError(f"{name} declares defaults for {list(METHOD_DEFAULTS)} as dicts, got {method!r}: {settings!r}")
-        for key, setting in settings.items():
-            if key not in METHOD_DEFAULTS[method]:
-                raise ValueError(f"{name}[{method!r}] may set {list(METHOD_DEFAULTS[method])}, got {key!r}")
-            ARGUMENT_CHECKS[key](setting, f"{name}[{method!r}][{key!r}]")
-    return {method: dict(settings) for method, settings in value.items()}
-
-
-def declared_defaults(pipe, attribute: str) -> dict:
-    """The defaults of `pipe.<attribute>` that a model may declare: `METHOD_DEFAULTS`, overridden by what the
-    pipeline's config declares (`config.method_defaults`, saved in `model_index.json`). {} for other methods."""
-    config = getattr(pipe, "config", None) or {}
-    declared = (config.get("method_defaults") if hasattr(config, "get") else None) or {}
-    return {**METHOD_DEFAULTS.get(attribute, {}), **declared.get(attribute, {})}
-
+from .model_defaults import METHOD_DEFAULTS, declared_defaults  # noqa: F401 (re-exported: the method table's defaults)
 
 # Settings every method accepts; each method keeps the ones it uses (see `Method.arguments`)
 SHARED_SETTINGS = ("strength", "num_iterative_steps", "grad_steps_per_iter", "num_loops", "painting_decoder")

@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import checks
 from .callback import X0_INPUT, PaintingCallback, check_window, optimisation_window
 from .images import check_side, load_image, output_size
-from .methods import check_method_defaults, declared_defaults
+from .model_defaults import check_method_defaults, declared_defaults
 from .noise_schedule import LatentScaling, NoiseSchedule, decode_latents
 from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function

@@ -10,7 +10,8 @@ import pytest
 from gradop.sweep import expand, finished
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = {"model": "toy", "method": "gradop+", "fixed": {"num_inference_steps": 4, "height": 64, "width": 64},
+# 4 steps: the release's strength 0.8 (the toy's own 0.5 would start the 3-step window past the last step)
+GRID = {"model": "toy", "method": "gradop+", "fixed": {"num_inference_steps": 4, "height": 64, "width": 64, "strength": 0.8},
         "grid": {"painting": [str(ROOT / "input-images/toy/lake_mountains.png")], "seed": [0, 1],
                  "grad_steps_per_iter": [1, 2]}}
 
@@ -83,7 +84,8 @@ def test_a_painting_decoder_is_named_as_for_the_gradop_command(tmp_path, capsys)
     from gradop.sweep import main
 
     spec = {"model": "toy", "method": "gradop+",
-            "fixed": {"num_inference_steps": 4, "grad_steps_per_iter": 2, "painting": GRID["grid"]["painting"][0]},
+            "fixed": {"num_inference_steps": 4, "grad_steps_per_iter": 2, "strength": 0.8,
+                      "painting": GRID["grid"]["painting"][0]},
             "grid": {"painting_decoder": ["model", "full", "toy"]}}
     grid_file, out = tmp_path / "grid.json", tmp_path / "out"
     grid_file.write_text(json.dumps(spec))
