@@ -33,3 +33,9 @@ def declared_defaults(pipe, attribute: str) -> dict:
     config = getattr(pipe, "config", None) or {}
     declared = (config.get("method_defaults") if hasattr(config, "get") else None) or {}
     return {**METHOD_DEFAULTS.get(attribute, {}), **declared.get(attribute, {})}
+
+
+def with_declared_defaults(pipe, attribute: str, **settings) -> tuple:
+    """`settings` in order, each `None` replaced by `pipe`'s declared default for `pipe.<attribute>`."""
+    defaults = declared_defaults(pipe, attribute)
+    return tuple(defaults[k] if v is None else v for k, v in settings.items())

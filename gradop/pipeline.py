@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import checks
 from .callback import X0_INPUT, PaintingCallback, check_window, optimisation_window
 from .images import check_side, load_image, output_size
-from .model_defaults import check_method_defaults, declared_defaults
+from .model_defaults import check_method_defaults, with_declared_defaults
 from .noise_schedule import LatentScaling, NoiseSchedule, decode_latents
 from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
@@ -146,7 +146,7 @@ class GradOPPipeline(DiffusionPipeline):
             σ = 7·side/512 (kernel 35, σ 7 at 512x512). Saved in and loaded from `model_index.json` (`pipe.config`).
         method_defaults (`dict`, *optional*): the model's own defaults for GradOP+ (`strength`,
             `num_iterative_steps`, `grad_steps_per_iter`) and GradOP (`strength`), e.g.
-            `{"gradop_plus": {"strength": 0.6}}`; what it leaves out keeps `gradop.methods.METHOD_DEFAULTS` (the
+            `{"gradop_plus": {"strength": 0.6}}`; what it leaves out keeps `gradop.model_defaults.METHOD_DEFAULTS` (the
             release's 0.8 / 3 / 12). Stable Diffusion declares none. Saved in `model_index.json` like the above.
     """
 
@@ -317,8 +317,8 @@ class GradOPPipeline(DiffusionPipeline):
         """
         # 1. Check inputs (the settings left out take the model's declared defaults, else the release's)
         painting_decoder = _renamed_keyword(deprecated, painting_decoder)
-        strength, num_iterative_steps, grad_steps_per_iter = self._declared(
-            "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
+        strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
+            self, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
             grad_steps_per_iter=grad_steps_per_iter)
         self.check_inputs("gradop_plus", **_arguments(locals()))
         call = self._start_call(_arguments(locals()))
@@ -403,7 +403,7 @@ class GradOPPipeline(DiffusionPipeline):
         """
         # 1. Check inputs
         painting_decoder = _renamed_keyword(deprecated, painting_decoder)
-        (strength,) = self._declared("gradop", strength=strength)
+        (strength,) = with_declared_defaults(self, "gradop", strength=strength)
         self.check_inputs("gradop", **_arguments(locals()))
         call = self._start_call(_arguments(locals()))
 
@@ -673,11 +673,6 @@ class GradOPPipeline(DiffusionPipeline):
         latent_shape = (self.vae.config.latent_channels, call.height // self.vae_scale_factor,
                         call.width // self.vae_scale_factor)
         return check_painting_decoder(decoder, latent_shape, (call.height, call.width))
-
-    def _declared(self, method: str, **settings) -> tuple:
-        """`settings` in order, each `None` replaced by the model's declared default (`declared_defaults`)."""
-        defaults = declared_defaults(self, method)
-        return tuple(defaults[k] if v is None else v for k, v in settings.items())
 
     def get_timesteps(self, num_inference_steps: int, strength: float | None = None) -> torch.Tensor:
         """The sampler's timesteps: all `n`, or for SDEdit the last int(n·strength) (t_start = n − int(n·s))."""
