@@ -25,7 +25,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from . import checks
 from .callback import PaintingCallback
 from .images import check_side, load_image, output_size
-from .model_defaults import with_declared_defaults
+from .model_defaults import naming_declared_defaults, with_declared_defaults
 from .noise_schedule import NoiseSchedule
 from .pipeline import GradOPPipeline, GradOPPipelineOutput, synthesis_method
 from .regions import RegionBinding, attention_control, bind_regions, token_positions
@@ -108,15 +108,17 @@ class CallbackPipeline:
         `painting_decoder=None` is `pipe.painting_decoder`, itself None (the VAE) unless set; keywords this method
         does not name go to the pipeline (e.g. SDXL's `original_size`). Settings left as None take the wrapped
         pipeline's declared defaults (`config.method_defaults`), else the release's 0.8 / 3 / 12."""
+        given = dict(strength=strength, num_iterative_steps=num_iterative_steps)
         strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
             self.pipeline, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
             grad_steps_per_iter=grad_steps_per_iter)
         settings, extra = _split(kwargs)
-        GradOPPipeline.check_inputs("gradop_plus", prompt, image, strength=strength,
-                                    num_iterative_steps=num_iterative_steps, grad_steps_per_iter=grad_steps_per_iter,
-                                    lr=lr, optimizer=optimizer, painting_function=painting_function,
-                                    blur_target=blur_target, optimize_target=optimize_target,
-                                    freeze_decoder=freeze_decoder, latents=latents, **_checked(settings))
+        with naming_declared_defaults(self.pipeline, "gradop_plus", **given):
+            GradOPPipeline.check_inputs(
+                "gradop_plus", prompt, image, strength=strength, num_iterative_steps=num_iterative_steps,
+                grad_steps_per_iter=grad_steps_per_iter, lr=lr, optimizer=optimizer, painting_function=painting_function,
+                blur_target=blur_target, optimize_target=optimize_target, freeze_decoder=freeze_decoder, latents=latents,
+                **_checked(settings))
         painting = PaintingCallback(
             image, strength, num_iterative_steps, grad_steps_per_iter, lr, painting_function=painting_function,
             painting_decoder=self.painting_decoder if painting_decoder is None else painting_decoder,

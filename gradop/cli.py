@@ -29,10 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "input-images/manifest.json when it is listed there)")
     released.add_argument("--seed", type=int, default=0, help="in [0, 2**64); image i of --num-images uses seed + i")
     released.add_argument("--strength", type=float, default=None,
-                          help="default: the model's own (GradOP+: the release's 0.8 for Stable Diffusion, 0.6 for "
-                               "the toy model; SDEdit and loopback 0.8; GradOP 0.6)")
-    released.add_argument("--num_iterative_steps", type=int, default=None, help="GradOP+'s K (default: the model's, 3)")
-    released.add_argument("--grad_steps_per_iter", type=int, default=None, help="GradOP+'s N (default: the model's, 12)")
+                          help="default: the model's own (GradOP+: the release's 0.8 for Stable Diffusion, 0.5 for "
+                               "the toy model; SDEdit and loopback 0.8; GradOP 0.6); printed before the run")
+    released.add_argument("--num_iterative_steps", type=int, default=None,
+                          help="GradOP+'s K (default: the model's own; the release's 3). GradOP: with N, its budget K·N")
+    released.add_argument("--grad_steps_per_iter", type=int, default=None,
+                          help="GradOP+'s N (default: the model's own; the release's 12, the toy model's 24)")
     more = p.add_argument_group("gradop's additions")
     more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4 if it can be had, else the bundled toy "
                                                       "model), toy, tiny / tiny-xl (random test models), a Stable Diffusion 1.x/2.x or SDXL "
@@ -101,12 +103,14 @@ def output_paths(args, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
 
 
-def check_writable(paths: list[Path]) -> None:
-    """Fail before the model loads, not after the generation, when the outputs cannot be written."""
+def check_writable(paths: list[Path]) -> list[Path]:
+    """Fail before the model loads, not after the generation, when the outputs cannot be written. Returns the
+    folders it created, deepest first."""
     for path in paths:
         if path.is_dir():
             raise ValueError(f"--output '{path}' is a directory; give a .png file path")
     folder, fix = paths[0].parent, "choose a .png path in a folder you can write to"
+    created = [f for f in (folder, *folder.parents) if not f.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -116,13 +120,14 @@ def check_writable(paths: list[Path]) -> None:
             pass
     except OSError as err:
         raise ValueError(f"--output '{paths[0]}': cannot write in '{folder}' ({err.strerror}); {fix}") from None
+    return created
 
 
 def run(args) -> list[Path]:
     from . import checks
     from .images import load_image
     from .methods import get_method
-    from .models import load_pipeline, resolve_device, resolve_dtype
+    from .models import resolve_device, resolve_dtype
     from .pipeline import GradOPPipeline
     from .schedulers import make_scheduler
 
@@ -144,6 +149,13 @@ def run(args) -> list[Path]:
                     negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
                     height=args.height, width=args.width, regions=regions or None, region_weight=args.region_weight,
                     region_step_fraction=args.region_step_fraction)
+    flags = {"strength": "--strength", "num_iterative_steps": "--num_iterative_steps",
+             "grad_steps_per_iter": "--grad_steps_per_iter", "num_loops": "--num-loops"}
+    takes = set(method.uses) | ({"num_iterative_steps", "grad_steps_per_iter"} if method.attribute == "gradop" else set())
+    ignored = [flag for key, flag in flags.items() if settings[key] is not None and key not in takes]
+    if ignored:
+        raise ValueError(f"--method {args.method} does not take {', '.join(ignored)}: leave "
+                         f"{'it' if len(ignored) == 1 else 'them'} out, or pick a method that does")
     GradOPPipeline.check_inputs(method.attribute, prompt, **method.arguments(painting, **settings))
     checks.check_count(args.batch_size, "--batch-size", 1)
     if not 0 <= args.seed <= 2**64 - args.num_images:
@@ -151,7 +163,19 @@ def run(args) -> list[Path]:
                          f"got {args.seed}")
     resolve_dtype(args.dtype, resolve_device(args.device))
     make_scheduler(args.scheduler)
-    check_writable(paths)
+    created = check_writable(paths)
+    try:
+        return generate(args, method, settings, painting, prompt, paths)
+    finally:  # a run that wrote nothing leaves no empty folder of its own making behind
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def generate(args, method, settings, painting, prompt, paths) -> list[Path]:
+    """Load the model and write the images (`run` has checked everything that can be checked without it)."""
+    from .models import load_pipeline
+
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     settings["height"], settings["width"] = painting_size(pipe, painting, args.height, args.width)
     if painting is not None and args.height is None and args.width is None and settings["height"] is not None:

@@ -12,7 +12,7 @@ pipeline method) and uses those that mean something to it:
         method.defaults_for(pipe)                # ... with the model's declared defaults on top (the toy's)
 
 GradOP (multi-pass) spends its gradient steps on one descent, GradOP+ spreads them over K windows of N; given
-K and N, GradOP gets the same budget, `gradop_grad_steps(K, N)` = N·max(K, 1).
+K or N, GradOP gets the same budget, `gradop_grad_steps(K, N)` = N·max(K, 1), the other from GradOP+'s defaults.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import inspect
 from dataclasses import dataclass
 from functools import cached_property
 
+from .checks import ARGUMENT_CHECKS, check_count
 from .model_defaults import METHOD_DEFAULTS, declared_defaults  # noqa: F401 (re-exported: the method table's defaults)
 
 # Settings every method accepts; each method keeps the ones it uses (see `Method.arguments`)
@@ -58,7 +59,8 @@ class Method:
         params = dict(inspect.signature(getattr(GradOPPipeline, target)).parameters)
         for name in ("self", "prompt", "image") + (("num_loops",) if self.attribute == "sdedit" else ()):
             params.pop(name, None)
-        return params
+        # `**deprecated` (old keyword names, `_renamed_keyword`) is no setting to offer
+        return {k: p for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
 
     @property
     def defaults(self) -> dict:
@@ -79,6 +81,10 @@ class Method:
         """"GradOP+ at strength 0.6, K 3, N 12 (strength: the model's default)": the settings `pipe` will run
         with (those left `None` take `defaults_for(pipe)`), saying which came from the model's declaration."""
         names = {"strength": "strength", "num_iterative_steps": "K", "grad_steps_per_iter": "N", "num_loops": "loops"}
+        self.arguments(**settings)  # a misspelt setting is a TypeError, not a description of the defaults
+        for key in names:
+            if settings.get(key) is not None:
+                ARGUMENT_CHECKS[key](settings[key], key)
         defaults, declared = self.defaults_for(pipe), declared_defaults(pipe, self.attribute)
         used, from_model = [], []
         for key in (k for k in names if k in self.uses and k in defaults):
@@ -102,8 +108,10 @@ class Method:
         """Whether `key` is a setting this table takes for any method (shared) or a keyword of this method."""
         return key in SHARED_SETTINGS or key in self.parameters
 
-    def arguments(self, image=None, **settings) -> dict:
+    def arguments(self, image=None, *, pipe=None, **settings) -> dict:
         """The pipeline method's keywords for these settings: unused shared settings dropped, `None` = default.
+        GradOP takes GradOP+'s K and N as its gradient-step budget (`gradop_grad_steps`), the one left out from
+        `pipe`'s GradOP+ defaults.
 
         Raises `TypeError` for a key no method takes (a misspelt setting is never silently ignored).
         """
@@ -112,11 +120,14 @@ class Method:
             raise TypeError(f"{self.name} takes no setting {', '.join(map(repr, unknown))}; it takes "
                             f"{', '.join(sorted(set(SHARED_SETTINGS) | set(self.parameters)))}")
         kwargs = {k: v for k, v in settings.items() if v is not None and (k not in SHARED_SETTINGS or k in self.uses)}
-        if self.attribute == "gradop" and "num_iterative_steps" in settings:
-            k = settings["num_iterative_steps"]
-            n = settings.get("grad_steps_per_iter")
-            if k is not None and n is not None:
-                kwargs.setdefault("grad_steps", gradop_grad_steps(k, n))
+        k, n = settings.get("num_iterative_steps"), settings.get("grad_steps_per_iter")
+        if self.attribute == "gradop" and (k is not None or n is not None):
+            # GradOP+'s K and N as GradOP's budget; the one left out is GradOP+'s default on `pipe` (else the release's)
+            plus = declared_defaults(pipe, "gradop_plus") if pipe is not None else METHOD_DEFAULTS["gradop_plus"]
+            k, n = (plus["num_iterative_steps"] if k is None else k), (plus["grad_steps_per_iter"] if n is None else n)
+            for name, value in (("num_iterative_steps", k), ("grad_steps_per_iter", n)):
+                check_count(value, name)
+            kwargs.setdefault("grad_steps", gradop_grad_steps(k, n))
         if self.attribute == "text2img":
             kwargs.setdefault("region_image", image if settings.get("regions") else None)
         elif image is not None:
@@ -127,7 +138,7 @@ class Method:
         """Run the method on `pipe`: `pipe.<attribute>(prompt, image, **arguments)`."""
         if self.takes_painting and image is None:
             raise ValueError(f"{self.name} needs a painting: pass image=<path, PIL image, array or tensor>")
-        return getattr(pipe, self.attribute)(prompt, **self.arguments(image, **settings))
+        return getattr(pipe, self.attribute)(prompt, **self.arguments(image, pipe=pipe, **settings))
 
 
 _OPTIMISING = ("strength", "painting_decoder")

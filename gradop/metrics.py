@@ -25,11 +25,27 @@ def to_batch(images, name: str = "images", size: tuple[int, int] | None = None) 
     """A [B, 3, H, W] float tensor in [0, 1] from a [B, 3, H, W] tensor (used as it is, clamped) or from one
     image / a list of anything `load_image` takes (each Lanczos-resized to `size` = (w, h) if given)."""
     if isinstance(images, torch.Tensor) and images.ndim == 4:
+        if images.shape[1] != 3:
+            raise ValueError(f"{name} must be [B, 3, H, W] RGB tensors, got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor in [0, 1], got {images.dtype}: use images.float() / 255")
+        if not torch.isfinite(images).all():
+            raise ValueError(f"{name} hold NaN or infinite values")
+        low, high = float(images.min()), float(images.max())
+        if low < -0.01 or high > 1.01:  # the slack is rounding; a 0-255 or [-1, 1] image is a mistake to name
+            raise ValueError(f"{name} must be in [0, 1], got values in [{low:g}, {high:g}]: divide 0-255 images by "
+                             "255, map [-1, 1] ones with (x + 1) / 2")
         if size is not None and tuple(images.shape[-2:]) != (size[1], size[0]):
             raise ValueError(f"{name} are {tuple(images.shape[-2:])} images; expected (h, w) = {(size[1], size[0])}")
         return images.float().clamp(0, 1)
     images = images if isinstance(images, (list, tuple)) else [images]
-    return torch.cat([to_tensor01(im, f"{name}[{i}]", size) for i, im in enumerate(images)])
+    if not len(images):
+        raise ValueError(f"{name} is empty: give at least one image")
+    tensors = [to_tensor01(im, f"{name}[{i}]", size) for i, im in enumerate(images)]
+    sizes = sorted({tuple(t.shape[-2:]) for t in tensors})
+    if len(sizes) > 1:
+        raise ValueError(f"{name} have different sizes {sizes} (h, w): resize them to one size first")
+    return torch.cat(tensors)
 
 
 def _is_batch(images) -> bool:
@@ -97,8 +113,12 @@ def regions_kept(images, painting, masks=None, tolerance: float = 0.2, min_share
     there). `masks` `[R, H, W]` booleans name the regions (a world's label map); by default they are the
     painting's stroke colours (`colors.region_masks` of `colors.extract_palette`). Regions under `min_share` of
     the image are left out. f as in `painting_distance`. One painting for all images."""
+    from .checks import check_fraction
     from .colors import extract_palette, region_masks
 
+    check_fraction(min_share, "min_share")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a distance >= 0 between RGB colours in [0, 1] (e.g. 0.2), got {tolerance!r}")
     x = to_batch(images, "images")
     y = to_batch(painting, "painting", size=(x.shape[-1], x.shape[-2]))
     if len(y) != 1:
@@ -110,7 +130,7 @@ def regions_kept(images, painting, masks=None, tolerance: float = 0.2, min_share
     if masks.ndim != 3 or tuple(masks.shape[-2:]) != tuple(x.shape[-2:]):
         raise ValueError(f"masks must be [R, H, W] booleans at the images' size {tuple(x.shape[-2:])}, "
                          f"got {tuple(masks.shape)}")
-    masks = masks[masks.flatten(1).float().mean(1) >= min_share]
+    masks = masks[masks.flatten(1).float().mean(1) >= max(min_share, 1 / masks[0].numel())]  # an empty mask is none
     f = get_painting_function(painting_function, y, sigma_fraction)
     weights = masks.flatten(1).float() / masks.flatten(1).sum(1, keepdim=True)  # [R, HW] averages over each region
     painted = weights @ y.flatten(2)[0].T  # [R, 3]
@@ -124,4 +144,6 @@ def detail(images) -> torch.Tensor:
     import kornia
 
     x = to_batch(images, "images") * 255
+    if min(x.shape[-2:]) < 2:
+        raise ValueError(f"detail needs images of at least 2x2 pixels, got {tuple(x.shape[-2:])}")
     return kornia.filters.laplacian(x, 3, normalized=False).abs().flatten(1).mean(1)

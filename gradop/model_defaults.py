@@ -7,6 +7,8 @@ none. Its own module, so that `pipeline` and `methods` (which imports `pipeline`
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 METHOD_DEFAULTS = {"gradop_plus": {"strength": 0.8, "num_iterative_steps": 3, "grad_steps_per_iter": 12},
                    "gradop": {"strength": 0.6}}
 
@@ -17,14 +19,21 @@ def check_method_defaults(value, name: str = "method_defaults") -> dict:
 
     if not isinstance(value, dict):
         raise TypeError(f"{name} must be a dict like {METHOD_DEFAULTS}, got {type(value).__name__}")
+    checked = {}
     for method, settings in value.items():
         if method not in METHOD_DEFAULTS or not isinstance(settings, dict):
             raise ValueError(f"{name} declares defaults for {list(METHOD_DEFAULTS)} as dicts, got {method!r}: {settings!r}")
+        checked[method] = {}
         for key, setting in settings.items():
             if key not in METHOD_DEFAULTS[method]:
                 raise ValueError(f"{name}[{method!r}] may set {list(METHOD_DEFAULTS[method])}, got {key!r}")
-            ARGUMENT_CHECKS[key](setting, f"{name}[{method!r}][{key!r}]")
-    return {method: dict(settings) for method, settings in value.items()}
+            # the checks return plain int/float: numpy numbers would not survive `save_pretrained`'s JSON
+            checked[method][key] = ARGUMENT_CHECKS[key](setting, f"{name}[{method!r}][{key!r}]")
+        # strength 0 puts GradOP+'s window after the last step (and GradOP re-noises nothing): every call would fail
+        if checked[method].get("strength") == 0:
+            raise ValueError(f"{name}[{method!r}]['strength'] must be > 0: at 0 there is no step left to optimise "
+                             f"after; the release uses {METHOD_DEFAULTS[method]['strength']}")
+    return checked
 
 
 def declared_defaults(pipe, attribute: str) -> dict:
@@ -39,3 +48,21 @@ def with_declared_defaults(pipe, attribute: str, **settings) -> tuple:
     """`settings` in order, each `None` replaced by `pipe`'s declared default for `pipe.<attribute>`."""
     defaults = declared_defaults(pipe, attribute)
     return tuple(defaults[k] if v is None else v for k, v in settings.items())
+
+
+@contextmanager
+def naming_declared_defaults(pipe, attribute: str, **given):
+    """Around a method's input checks: a window error (`callback.check_window`) that settings the caller left out
+    (`given` as passed, `None` = left out) helped cause says they are the model's declared defaults, which the
+    user never typed."""
+    try:
+        yield
+    except ValueError as err:
+        left_out = [k for k in ("strength", "num_iterative_steps") if k in given and given[k] is None]
+        if not left_out or not str(err).startswith("the optimisation window"):
+            raise
+        defaults = declared_defaults(pipe, attribute)
+        used = ", ".join(f"{k}={defaults[k]:g}" for k in left_out)
+        them = "them" if len(left_out) > 1 else "it"
+        raise ValueError(f"{err} ({used}: the model's default{'s' if len(left_out) > 1 else ''}, "
+                         f"used as you left {them} out)") from None

@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import checks
 from .callback import X0_INPUT, PaintingCallback, check_window, optimisation_window
 from .images import check_side, load_image, output_size
-from .model_defaults import check_method_defaults, with_declared_defaults
+from .model_defaults import check_method_defaults, naming_declared_defaults, with_declared_defaults
 from .noise_schedule import LatentScaling, NoiseSchedule, decode_latents
 from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
@@ -120,8 +120,9 @@ def synthesis_methods(pipeline_class) -> tuple[str, ...]:
 
 
 def _arguments(scope: dict) -> dict:
-    """A method's arguments from its `locals()` at the top of the call, without `self`."""
-    return {k: v for k, v in scope.items() if k not in ("self", "__class__", "deprecated")}
+    """A method's arguments from its `locals()` at the top of the call, without `self` (and `given`, the arguments
+    as passed before the declared defaults filled them in)."""
+    return {k: v for k, v in scope.items() if k not in ("self", "__class__", "deprecated", "given")}
 
 
 class GradOPPipeline(DiffusionPipeline):
@@ -317,10 +318,12 @@ class GradOPPipeline(DiffusionPipeline):
         """
         # 1. Check inputs (the settings left out take the model's declared defaults, else the release's)
         painting_decoder = _renamed_keyword(deprecated, painting_decoder)
+        given = dict(strength=strength, num_iterative_steps=num_iterative_steps)
         strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
             self, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
             grad_steps_per_iter=grad_steps_per_iter)
-        self.check_inputs("gradop_plus", **_arguments(locals()))
+        with naming_declared_defaults(self, "gradop_plus", **given):
+            self.check_inputs("gradop_plus", **_arguments(locals()))
         call = self._start_call(_arguments(locals()))
 
         # 2. Encode the prompt (with the unconditional half for classifier-free guidance)

@@ -198,7 +198,9 @@ def _sweep(args) -> int:
     from accelerate import PartialState
 
     from .methods import declared_defaults, get_method
+    from .model_defaults import naming_declared_defaults
     from .models import load_pipeline
+    from .pipeline import GradOPPipeline
     from .runs import save_atomically
 
     try:
@@ -232,6 +234,20 @@ def _sweep(args) -> int:
         defaults = {k: v for k, v in method.defaults_for(pipe).items() if k in declared_defaults(pipe, method.attribute)}
         if state.is_main_process:
             print(f"gradop.sweep: unless a job sets them, {method.describe_settings(pipe)}", file=sys.stderr)
+        # with the defaults known, a job whose window they push past the last step fails now, not one by one later
+        refused = []
+        for job in mine:
+            filled = {**job.settings, **{k: v for k, v in defaults.items() if job.settings.get(k) is None}}
+            try:
+                with naming_declared_defaults(pipe, method.attribute,
+                                              **{k: job.settings.get(k) for k in ("strength", "num_iterative_steps")}):
+                    GradOPPipeline.check_inputs(method.attribute, job.prompt,
+                                                **method.arguments(job.painting, pipe=pipe, **filled))
+            except (ValueError, TypeError) as err:
+                refused.append(f"gradop.sweep: error: job {job.id} ({job.params}): {err}")
+        if refused:
+            print("\n".join(refused), file=sys.stderr)
+            return 2
         results = args.out / f"results-{state.process_index}.jsonl"
         decoders = {}  # painting decoders by name, each loaded once
         for job in mine:

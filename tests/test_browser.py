@@ -5,6 +5,7 @@ that the kernel got the stroke and an image came back. The screenshots are kept 
 (or `$GRADOP_TEST_ARTIFACTS`): the whole page, and `scribble_pad.png`, the pad and the panel after the run,
 which notebook 5 shows (copy it to `notebooks/images/` when the widgets' look changes).
 """
+import json
 import os
 import re
 import socket
@@ -20,6 +21,7 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "05_scribble_pad.ipynb"
+DECLARED = json.loads((ROOT / "gradop" / "toy" / "model" / "model_index.json").read_text())["method_defaults"]
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[notebooks]')")
 if not os.access(CHROMIUM, os.X_OK):
@@ -107,7 +109,8 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             page.get_by_text(re.compile(rf"^{before + 1} stroke\(s\)")).first.wait_for(timeout=60_000)
 
             page.get_by_role("button", name="Generate").click()
-            done = page.get_by_text(re.compile(rf"GradOP\+ 0\.8, seed 0[^:]*: done \({before + 1} stroke\(s\)"))
+            strength = DECLARED["gradop_plus"]["strength"]  # the panel starts at the bundled model's own default
+            done = page.get_by_text(re.compile(rf"GradOP\+ {re.escape(f'{strength:g}')}, seed 0[^:]*: done \({before + 1} stroke\(s\)"))
             done.wait_for(timeout=120_000)
             output = page.locator(".jp-OutputArea img.widget-image").first
             assert output.evaluate("img => img.complete && img.naturalWidth") > 0

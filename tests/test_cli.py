@@ -12,6 +12,9 @@ from conftest import draw_painting
 from gradop.cli import main, parse_region_flags
 
 TINY = ["--model", "tiny", "--steps", "6", "--num_iterative_steps", "1", "--grad_steps_per_iter", "2"]
+# the settings each method takes (a flag its method does not take is an error)
+SETTINGS = {"gradop+": TINY[4:] + ["--strength", "0.5"], "gradop": TINY[4:] + ["--strength", "0.5"],
+            "sdedit": ["--strength", "0.5"], "text": []}
 
 
 @pytest.fixture
@@ -24,8 +27,9 @@ def stroke(tmp_path):
 @pytest.mark.parametrize("method", ["gradop+", "gradop", "sdedit", "text"])
 def test_methods_write_pngs(tmp_path, stroke, method, capsys):
     out = tmp_path / "out" / "result.png"
-    assert main(TINY + ["--method", method, "--img_path", str(stroke), "--prompt", "a castle", "--output", str(out),
-                        "--num-images", "2", "--height", "32", "--width", "40", "--strength", "0.5"]) == 0
+    assert main(TINY[:4] + SETTINGS[method] + ["--method", method, "--img_path", str(stroke), "--prompt", "a castle",
+                                               "--output", str(out), "--num-images", "2", "--height", "32",
+                                               "--width", "40"]) == 0
     printed = capsys.readouterr()
     paths = [tmp_path / "out" / "result_0.png", tmp_path / "out" / "result_1.png"]
     assert all(PIL.Image.open(p).size == (40, 32) for p in paths)
@@ -75,6 +79,10 @@ def test_default_output_and_manifest_prompt(tmp_path, stroke, monkeypatch, capsy
     (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "#c82828=ball", "--region-weight", "nan"],
      "region_weight must be a finite number"),
     (["--method", "text", "--prompt", "a ball", "--region", "#c82828=ball"], "--region needs --img_path"),
+    (["--method", "sdedit", "--img_path", "{stroke}", "--prompt", "a", "--num_iterative_steps", "5"],
+     "--method sdedit does not take --num_iterative_steps"),
+    (["--method", "text", "--prompt", "a", "--strength", "0.5", "--num-loops", "2"],
+     "--method text does not take --strength, --num_iterative_steps, --grad_steps_per_iter, --num-loops"),
 ])
 def test_user_errors_exit_2_without_traceback_or_file(tmp_path, stroke, capsys, args, message):
     out = tmp_path / "o.png"
@@ -108,3 +116,11 @@ def test_auto_without_stable_diffusion_is_a_clear_message(tmp_path, stroke, monk
     err = capsys.readouterr().err
     assert "Stable Diffusion v1.4" in err and "--model tiny" in err and "Traceback" not in err
     assert not (tmp_path / "a.png").exists()
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path, stroke, capsys):
+    out = tmp_path / "new" / "deeper" / "o.png"
+    # the window check needs the model's declared defaults, so it fails after the folder was made: it goes again
+    assert main(TINY + ["--img_path", str(stroke), "--prompt", "a", "--steps", "1", "--output", str(out)]) == 2
+    assert "optimisation window" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

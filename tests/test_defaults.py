@@ -59,6 +59,7 @@ def test_a_declaration_is_saved_with_the_model_and_sd_declares_none(tmp_path, pi
     ({"gradop_plus": {"lr": 0.5}}, ValueError, r"may set \['strength'"),
     ({"gradop_plus": {"strength": 1.5}}, ValueError, r"method_defaults\['gradop_plus'\]\['strength'\]"),
     ({"gradop_plus": {"grad_steps_per_iter": -1}}, ValueError, "grad_steps_per_iter"),
+    ({"gradop_plus": {"strength": 0}}, ValueError, "must be > 0: at 0 there is no step left"),
 ])
 def test_bad_declarations_are_refused_when_the_pipeline_is_built(declared, error, message):
     with pytest.raises(error, match=message):
@@ -105,3 +106,62 @@ def test_the_sweep_records_the_defaults_each_job_ran_with(tmp_path, painting, ca
     lines = [json.loads(line) for line in (tmp_path / "out" / "results-0.jsonl").read_text().splitlines()]
     used = sorted((line["settings used"]["grad_steps_per_iter"], line["settings used"]["strength"]) for line in lines)
     assert used == [(1, 0.6), (2, 0.6)]
+
+
+def test_numpy_numbers_in_a_declaration_are_saved_as_json(tmp_path):
+    import json
+
+    import numpy as np
+
+    declared = {"gradop_plus": {"strength": np.float32(0.5), "num_iterative_steps": np.int64(2)}}
+    pipe = GradOPPipeline(**tiny_components(seed=0), method_defaults=declared)
+    pipe.save_pretrained(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "model_index.json").read_text())["method_defaults"]
+    assert saved == {"gradop_plus": {"strength": 0.5, "num_iterative_steps": 2}}
+    assert GradOPPipeline.from_pretrained(tmp_path / "model").config.method_defaults == saved
+
+
+def test_a_window_error_from_declared_defaults_names_them(painting):
+    pipe = _declaring()  # strength 0.6: k0 = int(4 * 0.4) = 1, window 1..3 reaches the last step of 4
+    with pytest.raises(ValueError, match=r"must end before the last step 3.*\(strength=0\.6, num_iterative_steps=3: the model's defaults, used"):
+        pipe.gradop_plus(PROMPT, painting, num_inference_steps=4, height=32, width=32, generator=gen())
+    with pytest.raises(ValueError, match=r"last step 3: raise strength, or lower num_iterative_steps, or add steps$"):
+        pipe.gradop_plus(PROMPT, painting, 0.6, 3, num_inference_steps=4, height=32, width=32, generator=gen())
+
+
+def test_gradop_takes_k_or_n_alone_as_its_budget(painting):
+    pipe, gradop = _declaring(), get_method("gradop")
+    assert gradop.arguments(painting, pipe=pipe, grad_steps_per_iter=5)["grad_steps"] == 15  # K: the declared 3
+    assert gradop.arguments(painting, pipe=pipe, num_iterative_steps=2)["grad_steps"] == 4  # N: the declared 2
+    assert gradop.arguments(painting, num_iterative_steps=2)["grad_steps"] == 24  # without a pipe: the release's N
+    assert "grad_steps" not in gradop.arguments(painting)
+    with pytest.raises(ValueError, match="grad_steps_per_iter must be >= 0"):
+        gradop.arguments(painting, grad_steps_per_iter=-1)
+
+
+def test_describing_settings_refuses_what_would_not_run():
+    pipe, method = _declaring(), get_method("gradop+")
+    with pytest.raises(TypeError, match="takes no setting 'strenght'"):
+        method.describe_settings(pipe, strenght=0.3)
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        method.describe_settings(pipe, strength=5)
+    with pytest.raises(TypeError, match="strength must be a number"):
+        method.describe_settings(pipe, strength="abc")
+    assert "deprecated" not in get_method("sdedit").parameters
+
+
+def test_a_sweep_whose_declared_defaults_cannot_run_stops_before_any_job(tmp_path, painting, capsys):
+    import json
+
+    from gradop.sweep import main as sweep
+
+    _declaring().save_pretrained(tmp_path / "model")
+    painting.save(tmp_path / "p.png")
+    spec = {"model": str(tmp_path / "model"), "method": "gradop+",
+            "fixed": {"num_inference_steps": 4, "height": 32, "width": 32, "prompt": PROMPT, "painting": str(tmp_path / "p.png")},
+            "grid": {"seed": [0, 1]}}
+    (tmp_path / "grid.json").write_text(json.dumps(spec))
+    assert sweep([str(tmp_path / "grid.json"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("must end before the last step 3") == 2 and "strength=0.6" in err and "failed" not in err
+    assert not list((tmp_path / "out").glob("*.png"))

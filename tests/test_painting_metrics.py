@@ -85,3 +85,41 @@ def test_detail_by_hand():
     # Laplacian (8 neighbours - 8 x centre) is ±4 everywhere (the reflected border continues the pattern): 4·255
     board = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float().expand(1, 3, 16, 16)
     assert detail(torch.cat([flat, board])).tolist() == pytest.approx([0.0, 4 * 255])
+
+
+@pytest.mark.parametrize("images, error, message", [
+    (torch.full((1, 3, 8, 8), 200.0), ValueError, r"must be in \[0, 1\], got values in \[200, 200\]: divide 0-255"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), TypeError, "float tensor in \\[0, 1\\], got torch.uint8"),
+    (torch.zeros(1, 4, 8, 8), ValueError, r"\[B, 3, H, W\] RGB"),
+    (torch.full((1, 3, 8, 8), float("nan")), ValueError, "NaN or infinite"),
+    ([], ValueError, "images is empty"),
+    ([PIL.Image.new("RGB", (8, 8)), PIL.Image.new("RGB", (9, 8))], ValueError, "different sizes"),
+])
+def test_metrics_refuse_images_they_would_misread(images, error, message):
+    from gradop.metrics import detail, regions_kept
+
+    with pytest.raises(error, match=message):
+        detail(images)
+    with pytest.raises(error, match=message):
+        regions_kept(images, PIL.Image.new("RGB", (8, 8)))
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(tolerance=-1), "tolerance must be a distance >= 0"), (dict(tolerance=float("nan")), "tolerance"),
+    (dict(tolerance="0.2"), "tolerance"), (dict(min_share=2), r"min_share must be in \[0, 1\]"),
+])
+def test_regions_kept_checks_its_settings(setting, message):
+    from gradop.metrics import regions_kept
+
+    with pytest.raises((TypeError, ValueError), match=message):
+        regions_kept(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), **setting)
+
+
+def test_an_empty_mask_is_no_region():
+    from gradop.metrics import detail, regions_kept
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0] = True
+    assert regions_kept(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), masks, min_share=0).tolist() == [[True]]
+    with pytest.raises(ValueError, match="at least 2x2"):
+        detail(torch.zeros(1, 3, 1, 1))

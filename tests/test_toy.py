@@ -94,6 +94,36 @@ def test_free_scribbles_are_deterministic_drawn_apart_from_training_and_name_eve
         assert len(np.unique(a.painting.reshape(-1, 3), axis=0)) > 3 * len(names)
 
 
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: make_scene(-1), ValueError, "seed must be >= 0"),
+    (lambda: make_scene(1.5), TypeError, "seed must be an integer"),
+    (lambda: make_scene("3"), TypeError, "seed must be an integer"),
+    (lambda: make_scene(0, (32,)), TypeError, "size must be an integer side or a pair"),
+    (lambda: make_scene(0, "32"), TypeError, "size must be"),
+    (lambda: make_scene(0, 8), ValueError, "at least 16 pixels"),
+    (lambda: training_family(-1), ValueError, "seed must be >= 0"),
+    (lambda: free_scribble(0, 0), ValueError, "at least 16 pixels"),
+    (lambda: free_scribble(0, (32, 48)), TypeError, "free scribbles are square"),
+    (lambda: free_scribble(0).masks(1.1), ValueError, r"min_share must be in \[0, 1\]"),
+])
+def test_scenes_and_scribbles_refuse_bad_seeds_and_sizes(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    assert make_scene(np.int64(3), np.int64(32)).description == make_scene(3, 32).description  # numpy integers are fine
+
+
+def test_the_world_preview_command_reports_bad_flags_in_one_line(tmp_path, capsys):
+    from gradop.toy.world import main as world_main
+
+    for args, message in ((["--size", "0"], "--size must be at least 16"), (["--seeds", "-1"], "--seeds must be >= 0"),
+                          (["--out", str(tmp_path / "noext")], "must end in .png"),
+                          (["--out", str(tmp_path / "missing" / "x.png")], "folder does not exist")):
+        with pytest.raises(SystemExit) as exit_:
+            world_main(args + ([] if "--out" in args else ["--out", str(tmp_path / "w.png")]))
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_captions_name_the_modality_for_a_share_of_scenes_and_only_what_is_there():
     scenes = [make_scene(seed) for seed in range(300)]
     modalities = [s.modality for s in scenes]

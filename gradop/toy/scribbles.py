@@ -20,7 +20,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .world import CLASSES, PALETTE, PHRASES
+from ..checks import check_fraction
+from .world import CLASSES, PALETTE, PHRASES, check_scene_size, check_seed
 
 SCALE = 4  # drawn at 4x the size, then downsized: anti-aliased edges, as on the pad
 MIN_SHARE = 0.03  # a painted region counts (and is named) when it covers at least this share of the image
@@ -35,8 +36,10 @@ class Scribble:
 
     def masks(self, min_share: float = MIN_SHARE) -> tuple[list[str], np.ndarray]:
         """The classes painted over at least `min_share` of the image and their masks [R, H, W]."""
+        check_fraction(min_share, "min_share")
         names = [c for i, c in enumerate(CLASSES) if (self.labels == i).mean() >= min_share]
-        return names, np.stack([self.labels == CLASSES.index(c) for c in names])
+        masks = [self.labels == CLASSES.index(c) for c in names]
+        return names, np.stack(masks) if masks else np.zeros((0, *self.labels.shape), bool)
 
 
 def _color(rng, name):
@@ -51,6 +54,9 @@ def _horizon(w, h, rng):
 
 def free_scribble(seed: int, size: int = 64) -> Scribble:
     """The free-form scribble of `seed` (deterministic), `size` x `size`."""
+    seed, _ = check_seed(seed), check_scene_size(size)
+    if not isinstance(size, int):
+        raise TypeError(f"size must be one integer side (free scribbles are square), got {size!r}")
     rng = np.random.default_rng([seed, 4242])
     w = h = size * SCALE
     image = PIL.Image.new("RGB", (w, h), _color(rng, "sky"))
@@ -122,6 +128,9 @@ def free_scribble(seed: int, size: int = 64) -> Scribble:
 def naming_prompt(labels, min_share: float = MIN_SHARE) -> str:
     """"a photo of a lake and a forest and a beach under the sun": every object of the class map `labels` that
     covers at least `min_share` of it, the sky's last (snow makes the mountains "snowy")."""
+    if not isinstance(labels, np.ndarray) or labels.ndim != 2 or not labels.size:
+        raise TypeError(f"labels must be a non-empty [H, W] array of class indices, got {type(labels).__name__}")
+    check_fraction(min_share, "min_share")
     shares = {c: (labels == i).mean() for i, c in enumerate(CLASSES)}
     things = []
     for name in ("house", "water", "mountain", "forest", "sand", "grass"):

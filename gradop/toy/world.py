@@ -32,7 +32,9 @@ binding something to decide.
 from __future__ import annotations
 
 import argparse
+import numbers
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -495,7 +497,29 @@ FREE_SHARE = 0.5  # share of training scenes drawn in the free family (`training
 def training_family(seed: int) -> str:
     """The layout family of training scene `seed`: "free" for a share `FREE_SHARE` of the seeds, "band" otherwise
     (drawn from the seed alone, so a scene's family never depends on how many scenes are drawn)."""
-    return "free" if np.random.default_rng([seed, 31]).random() < FREE_SHARE else "band"
+    return "free" if np.random.default_rng([check_seed(seed), 31]).random() < FREE_SHARE else "band"
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A scene's or scribble's seed: an integer >= 0 (numpy seeds its generator from it)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 0, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return int(seed)
+
+
+def check_scene_size(size, name: str = "size") -> tuple[int, int]:
+    """`size` as (height, width): one side for a square, or a pair, each an integer >= 16."""
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    pair = (size, size) if integer(size) else tuple(size) if isinstance(size, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(map(integer, pair)):
+        raise TypeError(f"{name} must be an integer side or a pair of integers, got {size!r}")
+    if min(pair) < 16:
+        raise ValueError(f"{name} must be at least 16 pixels, got {size}")
+    return int(pair[0]), int(pair[1])
 
 
 def make_scene(seed: int, size: int | tuple[int, int] = 64, family: str = "band") -> Scene:
@@ -507,9 +531,7 @@ def make_scene(seed: int, size: int | tuple[int, int] = 64, family: str = "band"
     anywhere at any scale, tilted horizons, diagonal shores: the layouts people scribble."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if min(size) < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    seed, size = check_seed(seed), check_scene_size(size)
     rng = np.random.default_rng([seed, *size])
     labels, roof, present = free_layout(rng, size) if family == "free" else layout(rng, size, family == "wood")
     colors = scene_colors(rng)
@@ -563,6 +585,16 @@ def main(argv=None) -> int:
     parser.add_argument("--family", choices=FAMILIES, default="band",
                         help="layout family: band (sky, horizon, ground), wood (a wood around a clearing), free (anywhere)")
     args = parser.parse_args(argv)
+    if Path(args.out).suffix.lower() != ".png":
+        parser.error(f"--out must end in .png, got {args.out!r}")
+    if not Path(args.out).resolve().parent.is_dir():
+        parser.error(f"--out {args.out!r}: its folder does not exist")
+    try:
+        check_scene_size(args.size, "--size")
+        for seed in args.seeds:
+            check_seed(seed, "--seeds")
+    except ValueError as err:
+        parser.error(str(err))
     preview(args.seeds, args.size, family=args.family).save(args.out)
     print(f"wrote {args.out}")
     return 0
