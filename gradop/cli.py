@@ -24,16 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gradop", description="Scribble-guided image synthesis (GradOP, GradOP+, SDEdit).")
     released = p.add_argument_group("as in the released run.py")
     released.add_argument("--method", choices=list(METHODS), default="gradop+")
-    released.add_argument("--img_path", help="the stroke painting (required except for --method text)")
-    released.add_argument("--prompt", help="what the image should show (default: the painting's prompt from "
-                                           "input-images/manifest.json when it is listed there)")
+    released.add_argument("--img_path", "--img-path", help="the stroke painting (required except for --method text)")
+    released.add_argument("--prompt", help="what the image should show (default: the painting's prompt from the "
+                                           "manifest.json beside it, when it is listed there)")
     released.add_argument("--seed", type=int, default=0, help="in [0, 2**64); image i of --num-images uses seed + i")
     released.add_argument("--strength", type=float, default=None,
                           help="default: the model's own (GradOP+: the release's 0.8 for Stable Diffusion, 0.5 for "
                                "the toy model; SDEdit and loopback 0.8; GradOP 0.6); printed before the run")
-    released.add_argument("--num_iterative_steps", type=int, default=None,
+    released.add_argument("--num_iterative_steps", "--num-iterative-steps", type=int, default=None,
                           help="GradOP+'s K (default: the model's own; the release's 3). GradOP: with N, its budget K·N")
-    released.add_argument("--grad_steps_per_iter", type=int, default=None,
+    released.add_argument("--grad_steps_per_iter", "--grad-steps-per-iter", type=int, default=None,
                           help="GradOP+'s N (default: the model's own; the release's 12, the toy model's 24)")
     more = p.add_argument_group("gradop's additions")
     more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4 if it can be had, else the bundled toy "
@@ -98,9 +98,11 @@ def output_paths(args, count: int) -> list[Path]:
     else:
         stem = Path(args.img_path).stem if args.img_path else "text"
         out = Path("outputs") / f"{stem}_{args.method.replace('+', 'plus')}_seed{args.seed}.png"
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+    paths = [out] if count == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+    if args.img_path and Path(args.img_path).resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"--output '{args.output}' would overwrite the painting --img_path '{args.img_path}': "
+                         "choose another output path")
+    return paths
 
 
 def check_writable(paths: list[Path]) -> list[Path]:

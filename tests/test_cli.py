@@ -124,3 +124,13 @@ def test_a_failed_run_leaves_no_folder_it_made(tmp_path, stroke, capsys):
     assert main(TINY + ["--img_path", str(stroke), "--prompt", "a", "--steps", "1", "--output", str(out)]) == 2
     assert "optimisation window" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_the_output_never_overwrites_the_painting_and_hyphenated_flags_work(tmp_path, stroke, capsys):
+    before = stroke.read_bytes()
+    assert main(TINY + ["--img_path", str(stroke), "--prompt", "a", "--output", str(stroke)]) == 2
+    assert "would overwrite the painting" in capsys.readouterr().err and stroke.read_bytes() == before
+    out = tmp_path / "hyphens.png"
+    assert main(["--model", "tiny", "--steps", "3", "--img-path", str(stroke), "--prompt", "a", "--num-iterative-steps",
+                 "1", "--grad-steps-per-iter", "1", "--height", "32", "--width", "32", "--output", str(out)]) == 0
+    assert out.is_file()
