@@ -186,7 +186,7 @@ def evaluate(args) -> Path:
     if declared_defaults(pipe, "gradop_plus")["strength"] != 0.8:  # the release's strength, for comparison
         runs["GradOP+ N=12, s=0.8 (released)"] = lambda: pipe.gradop_plus(photo, painting_list, 0.8, 3, 12,
                                                                          generator=_gens(n), output_type="pt").images
-    runs["GradOP+ N=12, \"a cartoon of\""] = lambda: pipe.gradop_plus(cartoon, painting_list, generator=_gens(n),
+    runs["GradOP+, \"a cartoon of\""] = lambda: pipe.gradop_plus(cartoon, painting_list, generator=_gens(n),
                                                                      output_type="pt").images
     results, outputs = {}, {}
     for name, run in runs.items():
@@ -242,7 +242,7 @@ def evaluate(args) -> Path:
                    all(b < a for a, b in zip(n_dist, n_dist[1:]))))
     checks.append(("GradOP+ N = 0, 6, 12, 24: realism stays ≥ 0.8", " → ".join(f"{v:.2f}" for v in n_real),
                    min(n_real) >= 0.8))
-    cartoon_share = results["GradOP+ N=12, \"a cartoon of\""]["realism"]
+    cartoon_share = results["GradOP+, \"a cartoon of\""]["realism"]
     checks.append(("GradOP+ with \"a cartoon of\" judged cartoon ≥ 0.7", fmt(bootstrap(cartoon_share)),
                    cartoon_share.mean() >= 0.7))
 
@@ -516,7 +516,7 @@ def _figures(out, results, outputs, photos):
     plt.close(fig)
 
     columns = ["painting itself", "SDEdit s=0.6", "SDEdit s=0.8", "loopback 3×0.6", "GradOP 40 steps, s=0.6",
-               "GradOP+ N=12", "GradOP+ N=12, \"a cartoon of\"", "text only"]
+               "GradOP+ N=12", "GradOP+, \"a cartoon of\"", "text only"]
     rows = min(6, len(photos))
     fig, axes = plt.subplots(rows, len(columns) + 1, figsize=(1.3 * (len(columns) + 1), 1.45 * rows), squeeze=False)
     for r in range(rows):
