@@ -758,6 +758,13 @@ class GradOPPipeline(DiffusionPipeline):
         if not isinstance(returned, Mapping):
             raise TypeError("callback_on_step_end must return a dict of tensors (or None), e.g. `return tensors`; "
                             f"it returned a {type(returned).__name__}")
+        for name, before in (("latents", latents), ("prompt_embeds", call.prompt_embeds)):
+            after = returned.get(name, before)
+            # a latent of another shape would decode to another image size (or fail deep in the UNet) unremarked
+            if not isinstance(after, torch.Tensor) or after.shape != before.shape:
+                raise ValueError(f"callback_on_step_end returned {name!r} of shape "
+                                 f"{tuple(getattr(after, 'shape', ())) or type(after).__name__} at step {i}; it must "
+                                 f"keep the shape {tuple(before.shape)} it was given")
         call.prompt_embeds = returned.get("prompt_embeds", call.prompt_embeds)
         return returned.get("latents", latents)
 

@@ -18,6 +18,7 @@ with no training, the eDiff-I "paint-with-words" way:
 """
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import warnings
@@ -45,6 +46,12 @@ def token_positions(tokenizer, prompt: str, phrase: str) -> list[int]:
         if target and ids[start:start + len(target)] == target:
             positions.extend(range(start, start + len(target)))
     return sorted(set(positions))
+
+
+def _in_tokens(tokenizer, prompt: str, phrase: str) -> bool:
+    """Whether `phrase`'s tokens occur in the whole of `prompt`'s, the length limit aside."""
+    words, target = tokenizer.tokenize(prompt), tokenizer.tokenize(phrase)
+    return bool(target) and any(words[i:i + len(target)] == target for i in range(len(words) - len(target) + 1))
 
 
 @dataclass(frozen=True)
@@ -165,13 +172,15 @@ def bind_regions(regions, prompts: list[str], tokenizer, paintings: list, names:
                              f"{available} tokens; each phrase must be words of the prompt")
         for k, region in enumerate(parsed):
             positions = token_positions(tokenizer, prompt, region.phrase)
-            if not positions and region.phrase.lower() in prompt.lower():
+            if not positions and _in_tokens(tokenizer, prompt, region.phrase):  # there, but cut off by the limit
                 raise ValueError(f"regions: the phrase {region.phrase!r} is past the tokenizer's "
                                  f"{tokenizer.model_max_length}-token limit in the prompt {prompt!r}; shorten the prompt")
-            if not positions:
-                raise ValueError(f"regions: the phrase {region.phrase!r} (colour {to_hex(region.color)}) is not in the "
-                                 f"prompt {prompt!r}, whose words are {prompt.split()}; bind words of the prompt, "
-                                 "or add the phrase to it")
+            if not positions:  # "mountain" in "snowy mountains": a part of a word is no token sequence of the prompt
+                near = difflib.get_close_matches(region.phrase, prompt.split(), n=1)
+                raise ValueError(f"regions: the phrase {region.phrase!r} (colour {to_hex(region.color)}) is not "
+                                 f"whole words of the prompt {prompt!r}"
+                                 + (f"; did you mean {near[0]!r}?" if near else f", whose words are {prompt.split()}")
+                                 + " Bind words of the prompt, or add the phrase to it")
             tokens[p, k, positions] = 1
 
     masks = []

@@ -14,6 +14,8 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
+import numbers
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -197,15 +199,24 @@ class ScribblePad(widgets.VBox):
         self.color_picker.value = to_hex(parse_color(color))
         self.eraser.value = False
 
+    @staticmethod
+    def _point(x, y) -> tuple[float, float]:
+        """A pointer position as two finite floats: a NaN would be saved into `to_json` that `from_json` refuses."""
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (x, y)):
+            raise ValueError(f"a pointer position must be two finite numbers, got ({x!r}, {y!r})")
+        return float(x), float(y)
+
     def on_mouse_down(self, x, y) -> None:
+        x, y = self._point(x, y)
         color = to_hex(parse_color(self.color_picker.value, "colour picker"))
-        self._drawing = Stroke(color, int(self.brush.value), [(float(x), float(y))], bool(self.eraser.value))
+        self._drawing = Stroke(color, int(self.brush.value), [(x, y)], bool(self.eraser.value))
         self._draw_segment(self._drawing, (x, y), (x, y))
 
     def on_mouse_move(self, x, y) -> None:
         if self._drawing is not None:
+            x, y = self._point(x, y)
             self._draw_segment(self._drawing, self._drawing.points[-1], (x, y))
-            self._drawing.points.append((float(x), float(y)))
+            self._drawing.points.append((x, y))
 
     def on_mouse_up(self, x=None, y=None) -> None:
         if self._drawing is not None:

@@ -281,3 +281,13 @@ def test_a_callback_that_returns_no_dict_is_a_clear_error(pipe, painting):
     with pytest.raises(TypeError, match="callback_on_step_end must return a dict"):
         run(pipe, "gradop_plus", painting, generator=gen(0), callback_on_step_end=lambda p, i, t, tensors: [tensors])
     assert np.isfinite(run(pipe, "gradop_plus", painting, generator=gen(0)).images).all()  # usable afterwards
+
+
+def test_a_callback_that_returns_another_shape_is_a_clear_error(pipe, painting):
+    # before: {"latents": latents[:, :, :8]} made an image of half the height without a word
+    with pytest.raises(ValueError, match=r"returned 'latents' of shape .* at step 0; it must keep the shape"):
+        run(pipe, "sdedit", painting, generator=gen(0),
+            callback_on_step_end=lambda p, i, t, tensors: {"latents": tensors["latents"][:, :, :2]})
+    with pytest.raises(ValueError, match="returned 'latents' of shape list"):
+        run(pipe, "sdedit", painting, generator=gen(0), callback_on_step_end=lambda p, i, t, tensors: {"latents": [1]})
+    assert np.isfinite(run(pipe, "sdedit", painting, generator=gen(0)).images).all()  # usable afterwards

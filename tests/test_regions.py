@@ -306,7 +306,8 @@ def test_bf16_binds_like_fp32(components):
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,error,message", [
     (dict(regions={"#12345": "ball"}), ValueError, "regions key '#12345': '#12345' is not a colour"),
-    (dict(regions={RED: "car"}), ValueError, r"the phrase 'car' .* is not in the prompt .* whose words are \['a', 'red'"),
+    (dict(regions={RED: "car"}), ValueError, r"the phrase 'car' .* is not whole words of the prompt .* whose words are \['a', 'red'"),
+    (dict(regions={RED: "bal"}), ValueError, r"the phrase 'bal' .* is not whole words of the prompt .*; did you mean 'ball'\?"),
     (dict(regions={RED: ("ball", float("nan"))}), ValueError, "weight must be a finite number"),
     (dict(regions={RED: ("ball", float("inf"))}), ValueError, "weight must be a finite number"),
     (dict(regions={RED: "ball"}, region_weight=float("nan")), ValueError, "region_weight must be a finite number"),

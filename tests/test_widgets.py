@@ -282,3 +282,20 @@ def test_picking_a_method_moves_the_strength_slider_to_its_default(panel):
         assert panel.strength.value == strength, label
     panel.method.value = "Text only"  # takes no strength: the slider stays
     assert panel.strength.value == 0.6
+
+
+def test_the_pad_refuses_non_finite_pointer_positions():
+    from gradop.widgets import ScribblePad
+
+    pad = ScribblePad(64, 48)
+    for point in ((float("nan"), 1), (1, float("inf")), ("3", 1), (True, 1)):
+        with pytest.raises(ValueError, match="a pointer position must be two finite numbers"):
+            pad.on_mouse_down(*point)
+    pad.on_mouse_down(3, 4)
+    with pytest.raises(ValueError, match="two finite numbers"):
+        pad.on_mouse_move(float("nan"), 5)
+    pad.on_mouse_move(10, 12)
+    pad.on_mouse_up()
+    restored = ScribblePad(64, 48)
+    restored.from_json(pad.to_json())
+    assert restored.image.tobytes() == pad.image.tobytes()
