@@ -107,8 +107,11 @@ def _to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
         return PIL.Image.alpha_composite(canvas, rgba).convert("RGB")
     if mode.startswith("I") or mode == "F":
         values = np.asarray(image, dtype=np.float64)
-        # 16-bit greys span 0..65535; float greys are taken as [0, 1] when they fit there
-        scale = 255 / 65535 if values.max(initial=0) > 255 else (255 if mode == "F" and values.max(initial=0) <= 1 else 1)
+        # a 16-bit grey (I;16, as a 16-bit PNG loads) spans 0..65535 by its mode, whatever its values: a dark image
+        # is not an 8-bit one. 32-bit "I" says no range: over 255 it is taken as 16-bit. Float greys are taken as
+        # [0, 1] when they fit there.
+        top = values.max(initial=0)
+        scale = (255 / 65535 if mode.startswith("I;16") or top > 255 else 255 if mode == "F" and top <= 1 else 1)
         grey = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
         return PIL.Image.fromarray(grey).convert("RGB")
     try:

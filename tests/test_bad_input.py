@@ -225,3 +225,16 @@ def test_property_clean_error_or_finite_image_of_the_right_size(pipe, width, hei
         return
     assert out.images.shape == (1, height // 8 * 8, width // 8 * 8, 3)
     assert np.isfinite(out.images).all()
+
+
+def test_a_dark_16_bit_grey_is_read_on_the_16_bit_scale(tmp_path):
+    # all values <= 255 in a 16-bit PNG are *dark*, not 8-bit: 150 of 65535 is 0.6 of 255, not 150
+    dark = PIL.Image.fromarray(np.full((16, 16), 150, np.uint16))
+    dark.save(tmp_path / "dark16.png")
+    assert PIL.Image.open(tmp_path / "dark16.png").mode.startswith("I;16")
+    assert np.asarray(load_image(tmp_path / "dark16.png"))[0, 0].tolist() == [1, 1, 1]  # round(150 * 255 / 65535)
+    # one bright pixel no longer flips the scale of the rest
+    values = np.full((16, 16), 150, np.uint16)
+    values[0, 0] = 300
+    PIL.Image.fromarray(values).save(tmp_path / "mixed16.png")
+    assert np.asarray(load_image(tmp_path / "mixed16.png"))[5, 5].tolist() == [1, 1, 1]
