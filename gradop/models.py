@@ -194,6 +194,22 @@ def _quiet_loading():
             transformers_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """diffusers' and transformers' warnings silenced (errors still raise) while `auto` probes for a model."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
 def _load_stable_diffusion(dtype, scheduler):
     from .pipeline import GradOPPipeline
 
@@ -201,8 +217,9 @@ def _load_stable_diffusion(dtype, scheduler):
     last = None
     for local_only in attempts:
         try:
-            return GradOPPipeline.from_pretrained(SD_V1_4, dtype=dtype, scheduler=scheduler,
-                                                  local_files_only=local_only)
+            with _quiet_libraries():  # their "Couldn't connect to the Hub ..." would come before our one line
+                return GradOPPipeline.from_pretrained(SD_V1_4, dtype=dtype, scheduler=scheduler,
+                                                      local_files_only=local_only)
         except Exception as err:  # noqa: BLE001 — any failure here means "not available", reported below
             last = err
     raise ModelUnavailableError(

@@ -68,3 +68,30 @@ def test_bad_model_device_dtype():
         load_pipeline("tiny", dtype="fp8")
     with pytest.raises(ValueError, match="device must be"):
         load_pipeline("tiny", device="toaster")
+
+
+def test_auto_probing_for_stable_diffusion_keeps_the_libraries_quiet(monkeypatch, capsys):
+    """Online, diffusers warns "Couldn't connect to the Hub ..." before gradop's own one line: the probe now runs
+    with diffusers' and transformers' warnings off (their handlers write past pytest's capture, so the level the
+    probe ran at is what is checked), and their levels are restored after it."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from gradop.models import SD_V1_4
+    from gradop.pipeline import GradOPPipeline
+
+    original, levels_seen = GradOPPipeline.from_pretrained, []
+
+    def unavailable(name, *args, **kwargs):  # Stable Diffusion cannot be had; the toy model loads as before
+        if name == SD_V1_4:
+            levels_seen.append((diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()))
+            raise OSError("no network")
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(GradOPPipeline, "from_pretrained", staticmethod(unavailable))
+    monkeypatch.setattr("gradop.models._offline", lambda: False)
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    pipe = load_pipeline("auto")
+    assert "using the bundled toy model" in capsys.readouterr().err and pipe is not None
+    assert levels_seen == [(diffusers_logging.ERROR, transformers_logging.ERROR)] * 2  # the cache, then the Hub
+    assert (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()) == before
