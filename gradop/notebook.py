@@ -175,8 +175,61 @@ def image_grid(rows, row_titles=None, col_titles=None, scale: float = 2.0, title
     return fig
 
 
-def report_rows(*starts: str, report: str = "reports/toy/report.md") -> str:
+def report_rows(*starts: str, report: str = "reports/toy/report.md", section: str | None = None) -> str:
     """The lines of a markdown report of the repository (the toy's by default) that begin with one of `starts`,
-    e.g. `report_rows("| method", "| GradOP+ N=12 |")` for a table's header and one row."""
+    e.g. `report_rows("| method", "| GradOP+ N=12 |")` for a table's header and one row; with `section` (a
+    heading's start, "## Free-form"), only the lines under that heading, up to the next heading of its level."""
     lines = find_in_checkout(report).read_text().splitlines()
+    if section is not None:
+        level = section.split(" ")[0] + " "
+        heads = [i for i, line in enumerate(lines) if line.startswith(section)]
+        if not heads:
+            raise ValueError(f"{report} has no heading starting with {section!r}")
+        end = next((i for i in range(heads[0] + 1, len(lines)) if lines[i].startswith(level)), len(lines))
+        lines = lines[heads[0] + 1:end]
     return "\n".join(line for line in lines if line.startswith(starts))
+
+
+def hero_figure(panels: dict, scale: float = 3.4, title: str | None = None):
+    """The one large figure a notebook leads with: {title: image} side by side, each `scale` inches wide (>= 3 in,
+    so that a 64x64 toy image shows its texture), e.g. painting | SDEdit | GradOP+ with realism and distance in
+    the titles."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(scale * len(panels), scale + (0.6 if title else 0.35)),
+                             squeeze=False)
+    for ax, (name, image) in zip(axes[0], panels.items()):
+        ax.imshow(to_array(image), interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title(name, fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+class X0Trajectory:
+    """A `callback_on_step_end` that keeps x̂₀, the clean latent the model predicts, after every denoising step:
+
+        trajectory = X0Trajectory()
+        pipe.gradop_plus(prompt, painting, callback_on_step_end=trajectory,
+                         callback_on_step_end_tensor_inputs=X0Trajectory.tensor_inputs)
+        frames = trajectory.images(pipe)   # {timestep: [B, 3, H, W] in [0, 1]}, in the order of the steps
+
+    Methods that start late (SDEdit) record only the steps they run; key frames by timestep to line them up."""
+
+    tensor_inputs = ["pred_original_sample"]
+
+    def __init__(self):
+        self.latents: dict[int, torch.Tensor] = {}
+
+    def __call__(self, pipe, step: int, timestep, tensors: dict) -> dict:
+        self.latents[int(timestep)] = tensors["pred_original_sample"].detach().float().cpu()
+        return tensors
+
+    @torch.no_grad()
+    def images(self, pipe) -> dict[int, torch.Tensor]:
+        from .noise_schedule import decode_latents
+
+        return {t: ((decode_latents(pipe.vae, z.to(pipe.device, pipe.vae.dtype)).float().cpu() + 1) / 2).clamp(0, 1)
+                for t, z in self.latents.items()}

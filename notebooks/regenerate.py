@@ -60,7 +60,12 @@ def regenerate(path: Path) -> float:
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)
-        for output in cell.get("outputs", []):
+        # a widget's view (a progress bar, a slider) cannot show without the state dropped above: its text stand-in
+        # would read "0%" forever, so the view goes too (a live kernel draws it again)
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+        for output in cell.outputs:
             shrink_png(output)
     nbformat.write(notebook, path)
     size = path.stat().st_size

@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import PIL.Image
 import pytest
 import torch
+from conftest import gen
 
 from gradop.notebook import image_grid, load_examples, setup, timed
 
@@ -125,3 +126,34 @@ def test_every_notebook_runs_on_a_model_other_than_the_toy(name, tmp_path, monke
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     first = "".join(o.get("text", "") for o in notebook.cells[1].outputs)
     assert "model: tiny" in first and "input-images" in first and "input-images/toy" not in first
+
+
+def test_the_trajectory_keeps_x0_at_every_step_each_method_runs(pipe, painting):
+    from gradop.notebook import X0Trajectory
+
+    runs = {"gradop_plus": dict(num_iterative_steps=1, grad_steps_per_iter=1), "sdedit": dict(strength=0.5)}
+    recorded = {}
+    for method, settings in runs.items():
+        trajectory = X0Trajectory()
+        out = getattr(pipe, method)("a photo", painting, num_inference_steps=6, generator=gen(0), output_type="pt",
+                                    callback_on_step_end=trajectory,
+                                    callback_on_step_end_tensor_inputs=X0Trajectory.tensor_inputs, **settings)
+        frames = trajectory.images(pipe)
+        recorded[method] = list(frames)
+        assert all(f.shape == out.images.shape and 0 <= f.min() and f.max() <= 1 for f in frames.values())
+    timesteps = pipe.get_timesteps(6).tolist()
+    assert recorded["gradop_plus"] == timesteps  # one frame per step, keyed by its timestep
+    assert recorded["sdedit"] == timesteps[3:]  # SDEdit at 0.5 runs the last 3 of 6
+    # the last frame is x̂₀ of the last step: what the final latent decodes to, up to the scheduler's last update
+    assert (frames[timesteps[-1]] - out.images).abs().mean() < 0.1
+
+
+def test_report_rows_can_keep_to_one_section(tmp_path):
+    from gradop.notebook import report_rows
+
+    report = tmp_path / "r.md"
+    report.write_text("# R\n## A\n| method | x |\n| text only | 1 |\n## B\n| method | y |\n| text only | 2 |\n")
+    assert report_rows("| method", "| text only", report=str(report)).count("text only") == 2
+    assert report_rows("| method", "| text only", report=str(report), section="## B") == "| method | y |\n| text only | 2 |"
+    with pytest.raises(ValueError, match="no heading starting with '## C'"):
+        report_rows("| method", report=str(report), section="## C")
