@@ -14,8 +14,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import torch
-
 from .methods import METHODS
 from .runs import default_prompt, painting_decoder, painting_size, save_atomically
 
@@ -176,6 +174,8 @@ def run(args) -> list[Path]:
 
 def generate(args, method, settings, painting, prompt, paths) -> list[Path]:
     """Load the model and write the images (`run` has checked everything that can be checked without it)."""
+    import torch
+
     from .models import load_pipeline
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)

@@ -20,7 +20,6 @@ import inspect
 from dataclasses import dataclass
 from functools import cached_property
 
-from .checks import ARGUMENT_CHECKS, check_count
 from .model_defaults import METHOD_DEFAULTS, declared_defaults  # noqa: F401 (re-exported: the method table's defaults)
 
 # Settings every method accepts; each method keeps the ones it uses (see `Method.arguments`)
@@ -81,6 +80,8 @@ class Method:
         """"GradOP+ at strength 0.6, K 3, N 12 (strength: the model's default)": the settings `pipe` will run
         with (those left `None` take `defaults_for(pipe)`), saying which came from the model's declaration."""
         names = {"strength": "strength", "num_iterative_steps": "K", "grad_steps_per_iter": "N", "num_loops": "loops"}
+        from .checks import ARGUMENT_CHECKS
+
         self.arguments(**settings)  # a misspelt setting is a TypeError, not a description of the defaults
         for key in names:
             if settings.get(key) is not None:
@@ -125,6 +126,8 @@ class Method:
             # GradOP+'s K and N as GradOP's budget; the one left out is GradOP+'s default on `pipe` (else the release's)
             plus = declared_defaults(pipe, "gradop_plus") if pipe is not None else METHOD_DEFAULTS["gradop_plus"]
             k, n = (plus["num_iterative_steps"] if k is None else k), (plus["grad_steps_per_iter"] if n is None else n)
+            from .checks import check_count
+
             for name, value in (("num_iterative_steps", k), ("grad_steps_per_iter", n)):
                 check_count(value, name)
             kwargs.setdefault("grad_steps", gradop_grad_steps(k, n))

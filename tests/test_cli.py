@@ -134,3 +134,15 @@ def test_the_output_never_overwrites_the_painting_and_hyphenated_flags_work(tmp_
     assert main(["--model", "tiny", "--steps", "3", "--img-path", str(stroke), "--prompt", "a", "--num-iterative-steps",
                  "1", "--grad-steps-per-iter", "1", "--height", "32", "--width", "32", "--output", str(out)]) == 0
     assert out.is_file()
+
+
+def test_help_answers_without_loading_the_libraries():
+    """`gradop --help` used to take 8 s: importing gradop pulled in diffusers and transformers (issue 34, item 17)."""
+    code = ("import sys, gradop.cli\n"
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+            "print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    import gradop  # the public names still load, on first use
+
+    assert gradop.GradOPPipeline.__name__ == "GradOPPipeline" and "load_pipeline" in dir(gradop)
