@@ -89,7 +89,10 @@ def parse_region_flags(flags) -> dict:
 
 
 def output_paths(args, count: int) -> list[Path]:
-    if args.output:
+    if args.output is not None:
+        if not args.output.strip():
+            raise ValueError("--output is empty: give a .png path, or leave the flag out for the default "
+                             "outputs/<painting>_<method>_seed<seed>.png")
         out = Path(args.output)
         if out.suffix.lower() != ".png":
             raise ValueError(f"--output must end in .png, got '{args.output}'")

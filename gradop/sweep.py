@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,12 @@ def _sweep(args) -> int:
             raise ValueError(f"cannot read {args.grid} ({err.strerror})") from None
         jobs = prepare(spec)
         args.out.mkdir(parents=True, exist_ok=True)
+        try:  # before the model loads: a folder that takes no file would fail every job only after it ran
+            with tempfile.TemporaryFile(dir=args.out):
+                pass
+        except OSError as err:
+            raise ValueError(f"--out '{args.out}': cannot write there ({err.strerror}); choose a folder you can "
+                             "write to") from None
     except (OSError, ValueError, TypeError) as err:
         print(f"gradop.sweep: error: {err}", file=sys.stderr)
         return 2

@@ -146,3 +146,9 @@ def test_help_answers_without_loading_the_libraries():
     import gradop  # the public names still load, on first use
 
     assert gradop.GradOPPipeline.__name__ == "GradOPPipeline" and "load_pipeline" in dir(gradop)
+
+
+def test_an_empty_output_is_refused_not_replaced_by_the_default(tmp_path, stroke, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY + ["--img_path", str(stroke), "--prompt", "a", "--output", ""]) == 2
+    assert "--output is empty" in capsys.readouterr().err and not (tmp_path / "outputs").exists()

@@ -99,3 +99,24 @@ def test_a_painting_decoder_is_named_as_for_the_gradop_command(tmp_path, capsys)
     grid_file.write_text(json.dumps(spec))
     assert main([str(grid_file), "--out", str(tmp_path / "bad")]) == 2
     assert "painting_decoder must be one of model, full, toy, taesd" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_takes_no_file_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """Before: every job ran, then every save failed (issue 34, item 3). Root ignores a read-only mode bit, so the
+    folder's refusal is simulated where the sweep probes it."""
+    import gradop.models
+    import gradop.sweep
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(gradop.sweep.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(gradop.models, "load_pipeline", no_model)
+    spec = {"model": "toy", "method": "sdedit", "fixed": {"num_inference_steps": 2, "painting": GRID["grid"]["painting"][0]},
+            "grid": {"seed": [0, 1]}}
+    (tmp_path / "grid.json").write_text(json.dumps(spec))
+    assert gradop.sweep.main([str(tmp_path / "grid.json"), "--out", str(tmp_path / "out")]) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "cannot write there (Permission denied)" in err
