@@ -108,12 +108,12 @@ class CallbackPipeline:
         `painting_decoder=None` is `pipe.painting_decoder`, itself None (the VAE) unless set; keywords this method
         does not name go to the pipeline (e.g. SDXL's `original_size`). Settings left as None take the wrapped
         pipeline's declared defaults (`config.method_defaults`), else the release's 0.8 / 3 / 12."""
-        given = dict(strength=strength, num_iterative_steps=num_iterative_steps)
-        strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
-            self.pipeline, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
-            grad_steps_per_iter=grad_steps_per_iter)
         settings, extra = _split(kwargs)
-        with naming_declared_defaults(self.pipeline, "gradop_plus", **given):
+        with naming_declared_defaults(self.pipeline, "gradop_plus", strength=strength,
+                                      num_iterative_steps=num_iterative_steps):
+            strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
+                self.pipeline, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
+                grad_steps_per_iter=grad_steps_per_iter)
             GradOPPipeline.check_inputs(
                 "gradop_plus", prompt, image, strength=strength, num_iterative_steps=num_iterative_steps,
                 grad_steps_per_iter=grad_steps_per_iter, lr=lr, optimizer=optimizer, painting_function=painting_function,

@@ -52,13 +52,13 @@ def with_declared_defaults(pipe, attribute: str, **settings) -> tuple:
 
 @contextmanager
 def naming_declared_defaults(pipe, attribute: str, **given):
-    """Around a method's input checks: a window error (`callback.check_window`) that settings the caller left out
-    (`given` as passed, `None` = left out) helped cause says they are the model's declared defaults, which the
-    user never typed."""
+    """Around the resolution of a method's settings and its input checks: a window error (`callback.check_window`)
+    that settings the caller left out (`given` as passed on entry; `None` or absent = left out) helped cause says
+    they are the model's declared defaults, which the user never typed."""
+    left_out = [k for k in ("strength", "num_iterative_steps") if given.get(k) is None]
     try:
         yield
     except ValueError as err:
-        left_out = [k for k in ("strength", "num_iterative_steps") if k in given and given[k] is None]
         if not left_out or not str(err).startswith("the optimisation window"):
             raise
         defaults = declared_defaults(pipe, attribute)

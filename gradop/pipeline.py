@@ -120,9 +120,8 @@ def synthesis_methods(pipeline_class) -> tuple[str, ...]:
 
 
 def _arguments(scope: dict) -> dict:
-    """A method's arguments from its `locals()` at the top of the call, without `self` (and `given`, the arguments
-    as passed before the declared defaults filled them in)."""
-    return {k: v for k, v in scope.items() if k not in ("self", "__class__", "deprecated", "given")}
+    """A method's arguments from its `locals()` at the top of the call, without `self`."""
+    return {k: v for k, v in scope.items() if k not in ("self", "__class__", "deprecated")}
 
 
 class GradOPPipeline(DiffusionPipeline):
@@ -318,11 +317,10 @@ class GradOPPipeline(DiffusionPipeline):
         """
         # 1. Check inputs (the settings left out take the model's declared defaults, else the release's)
         painting_decoder = _renamed_keyword(deprecated, painting_decoder)
-        given = dict(strength=strength, num_iterative_steps=num_iterative_steps)
-        strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
-            self, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
-            grad_steps_per_iter=grad_steps_per_iter)
-        with naming_declared_defaults(self, "gradop_plus", **given):
+        with naming_declared_defaults(self, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps):
+            strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
+                self, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
+                grad_steps_per_iter=grad_steps_per_iter)
             self.check_inputs("gradop_plus", **_arguments(locals()))
         call = self._start_call(_arguments(locals()))
 

@@ -246,8 +246,7 @@ def _sweep(args) -> int:
         for job in mine:
             filled = {**job.settings, **{k: v for k, v in defaults.items() if job.settings.get(k) is None}}
             try:
-                with naming_declared_defaults(pipe, method.attribute,
-                                              **{k: job.settings.get(k) for k in ("strength", "num_iterative_steps")}):
+                with naming_declared_defaults(pipe, method.attribute, **job.settings):
                     GradOPPipeline.check_inputs(method.attribute, job.prompt,
                                                 **method.arguments(job.painting, pipe=pipe, **filled))
             except (ValueError, TypeError) as err:
