@@ -20,8 +20,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from ..checks import check_fraction
-from .world import CLASSES, PALETTE, PHRASES, check_scene_size, check_seed
+from ..checks import check_count, check_fraction
+from .world import CLASSES, PALETTE, PHRASES, check_scene_size
 
 SCALE = 4  # drawn at 4x the size, then downsized: anti-aliased edges, as on the pad
 MIN_SHARE = 0.03  # a painted region counts (and is named) when it covers at least this share of the image
@@ -54,7 +54,7 @@ def _horizon(w, h, rng):
 
 def free_scribble(seed: int, size: int = 64) -> Scribble:
     """The free-form scribble of `seed` (deterministic), `size` x `size`."""
-    seed, _ = check_seed(seed), check_scene_size(size)
+    seed, _ = check_count(seed, "seed"), check_scene_size(size)
     if not isinstance(size, int):
         raise TypeError(f"size must be one integer side (free scribbles are square), got {size!r}")
     rng = np.random.default_rng([seed, 4242])

@@ -40,6 +40,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from ..checks import check_count
+
 CLASSES = ("sky", "cloud", "sun", "mountain", "snow", "forest", "grass", "water", "sand", "house")
 MODALITIES = ("photo", "painting", "cartoon")
 MODALITY_MIX = (0.5, 0.25, 0.25)  # share of training scenes shown in each modality
@@ -497,16 +499,7 @@ FREE_SHARE = 0.5  # share of training scenes drawn in the free family (`training
 def training_family(seed: int) -> str:
     """The layout family of training scene `seed`: "free" for a share `FREE_SHARE` of the seeds, "band" otherwise
     (drawn from the seed alone, so a scene's family never depends on how many scenes are drawn)."""
-    return "free" if np.random.default_rng([check_seed(seed), 31]).random() < FREE_SHARE else "band"
-
-
-def check_seed(seed, name: str = "seed") -> int:
-    """A scene's or scribble's seed: an integer >= 0 (numpy seeds its generator from it)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= 0, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"{name} must be >= 0, got {seed}")
-    return int(seed)
+    return "free" if np.random.default_rng([check_count(seed, 'seed'), 31]).random() < FREE_SHARE else "band"
 
 
 def check_scene_size(size, name: str = "size") -> tuple[int, int]:
@@ -531,7 +524,7 @@ def make_scene(seed: int, size: int | tuple[int, int] = 64, family: str = "band"
     anywhere at any scale, tilted horizons, diagonal shores: the layouts people scribble."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    seed, size = check_seed(seed), check_scene_size(size)
+    seed, size = check_count(seed, "seed"), check_scene_size(size)  # numpy seeds its generator from them
     rng = np.random.default_rng([seed, *size])
     labels, roof, present = free_layout(rng, size) if family == "free" else layout(rng, size, family == "wood")
     colors = scene_colors(rng)
@@ -592,7 +585,7 @@ def main(argv=None) -> int:
     try:
         check_scene_size(args.size, "--size")
         for seed in args.seeds:
-            check_seed(seed, "--seeds")
+            check_count(seed, "--seeds")
     except ValueError as err:
         parser.error(str(err))
     preview(args.seeds, args.size, family=args.family).save(args.out)
