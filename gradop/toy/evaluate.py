@@ -84,15 +84,28 @@ def binding_scenes(count: int, min_share: float = 0.1, size: int = 64):
     return found
 
 
-def evaluate(args) -> Path:
-    from ..models import load_painting_decoder, load_pipeline, model_label
+def _prepare(args):
+    """The output folder, the model (fp32, no progress bars) and the judge every part of the report uses."""
+    from ..models import load_pipeline
 
-    torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model, device=args.device, dtype="fp32", verbose=True)
     pipe.set_progress_bar_config(disable=True)
-    judge = load_judge(args.judge) if args.judge else load_judge()
+    return out, pipe, load_judge(args.judge) if args.judge else load_judge()
+
+
+def _targets_table(checks) -> list[str]:
+    """The rows of a targets table from (target, measured, met) triples."""
+    return ["| target | measured | met |", "|---|---|---|"] + [
+        f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in checks]
+
+
+def evaluate(args) -> Path:
+    from ..models import load_painting_decoder, model_label
+
+    torch.manual_seed(0)
+    out, pipe, judge = _prepare(args)
     sigma_fraction = getattr(pipe.config, "painting_sigma_fraction", None)
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
     n = len(scenes)
@@ -257,8 +270,7 @@ def evaluate(args) -> Path:
     checks += sem_checks
 
     # 8. Targets, figures
-    lines += ["", "## Targets", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in checks]
+    lines += ["", "## Targets"] + _targets_table(checks)
     _figures(out, results, outputs, photos)
     lines += ["\n![realism against faithfulness](plane.png)\n", "![samples](samples.png)\n",
               "![free-form scribbles](free_form.png)\n"]
@@ -546,19 +558,12 @@ def main(argv=None) -> int:
                    help="only the free-form section, into <out>/free_form.md (minutes instead of half an hour)")
     args = p.parse_args(argv)
     if args.select_defaults or args.free_form_only:
-        from ..models import load_pipeline
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        pipe = load_pipeline(args.model, device=args.device, dtype="fp32", verbose=True)
-        pipe.set_progress_bar_config(disable=True)
-        judge = load_judge(args.judge) if args.judge else load_judge()
+        out, pipe, judge = _prepare(args)
         if args.select_defaults:
             select_defaults(pipe, judge, args.select_defaults, out)
         else:
             lines, checks = free_form(pipe, judge, args.free_scribbles, out, pipe.config.painting_sigma_fraction)
-            lines += ["| target | measured | met |", "|---|---|---|"]
-            lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in checks]
+            lines += _targets_table(checks)
             (out / "free_form.md").write_text("# Toy world: free-form scribbles\n" + "\n".join(lines) + "\n")
             print(f"wrote {out / 'free_form.md'}")
         return 0
