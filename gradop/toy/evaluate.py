@@ -351,6 +351,7 @@ def _free_figure(path, paintings, outputs, sdedit, results, rows: int = 6):
     import matplotlib.pyplot as plt
 
     columns = [("painting", None), (sdedit, sdedit), ("GradOP+", "GradOP+"), ("text only", "text only")]
+    rows = min(rows, len(paintings))  # a short run (--free-scribbles 2) has fewer
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows), squeeze=False)
     for r in range(rows):
         for c, (title, name) in enumerate(columns):
