@@ -29,6 +29,7 @@ from .images import load_image
 from .noise_schedule import NoiseSchedule
 from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
+from .schedulers import check_restartable, restart_history, settle_restart
 
 X0_INPUT = "pred_original_sample"  # the tensor a pipeline passes for optimize_target="x0" (GradOPPipeline does)
 
@@ -41,6 +42,7 @@ class _Run:
     window: range
     schedule: NoiseSchedule
     guide: PaintingGuide
+    restarted: bool = False  # the last step's sample was replaced: the scheduler's history was restarted
 
 
 class PaintingCallback(PipelineCallback):
@@ -135,6 +137,7 @@ class PaintingCallback(PipelineCallback):
                              "pass painting_decoder= (e.g. an AutoencoderTiny for its latents)")
         scheduler = getattr(pipeline, "scheduler", None)
         NoiseSchedule(scheduler)
+        check_restartable(scheduler)
         if getattr(scheduler, "order", 1) != 1:
             raise ValueError(f"{type(scheduler).__name__} takes {scheduler.order} model evaluations per step; GradOP+ "
                              "needs a one-evaluation scheduler: DDIM, PNDM, DPM-Solver, Euler, UniPC, ...")
@@ -147,11 +150,16 @@ class PaintingCallback(PipelineCallback):
         last = step_index + 1 >= len(run.timesteps)
         if last:
             self._run = None  # the run is over: let go of its target, decoder and guide
+        if run.restarted:
+            settle_restart(pipeline.scheduler)
+            run.restarted = False
         if step_index not in run.window or last:
             return callback_kwargs  # the release never optimises after the last step
         x0 = callback_kwargs.get(X0_INPUT) if run.guide.wants_x0 else None
         latents = run.guide.step(run.schedule, callback_kwargs["latents"], run.timesteps[step_index + 1],
                                  self.generator, x0)
+        restart_history(pipeline.scheduler)  # its memory of earlier steps belongs to the replaced sample
+        run.restarted = True
         return {**callback_kwargs, "latents": latents}
 
     def _start(self, pipeline, latents: torch.Tensor, first_timestep) -> _Run:

@@ -55,3 +55,37 @@ def make_scheduler(name: str, config=None):
     base = dict(config) if config is not None else dict(RELEASED_DDIM_CONFIG)
     base.update(timestep_spacing=RELEASED_DDIM_CONFIG["timestep_spacing"], steps_offset=RELEASED_DDIM_CONFIG["steps_offset"])
     return cls.from_config(base, **extra)
+
+
+# ---------------------------------------------------------------------- multistep history after GradOP+
+# GradOP+ replaces the sample z_{t_{i+1}} by a re-noised one carrying fresh noise ε' (method.md §3, step 4b). A
+# multistep solver's memory of earlier steps belongs to the trajectory that was replaced: DPM-Solver++, UniPC, DEIS
+# and SA-Solver extrapolate from earlier model outputs, UniPC's and SA-Solver's correctors rebuild the current
+# sample from the *previous* one (throwing the optimisation away), PNDM extrapolates ε from its last four steps.
+# Each restarts as at the start of an img2img run: first order from the new sample.
+
+def restart_history(scheduler) -> None:
+    """Forget `scheduler`'s multistep history after the sample was replaced (see above)."""
+    if hasattr(scheduler, "lower_order_nums"):  # DPM-Solver++, UniPC, DEIS, SA-Solver: next step at first order
+        scheduler.lower_order_nums = 0
+    if hasattr(scheduler, "last_sample"):  # UniPC, SA-Solver: no corrector from the sample before the replacement
+        scheduler.last_sample = None
+    if isinstance(scheduler, PNDMScheduler):  # PLMS: its first-order start (counter 0) from the new sample
+        scheduler.ets, scheduler.counter, scheduler.cur_sample = [], 0, None
+
+
+def settle_restart(scheduler) -> None:
+    """Call after the first step that follows `restart_history`. PNDM's second step (counter 1) would redo its
+    first with the mean of two ε on the *repeated* timestep PLMS puts at the start of a run; mid-run there is no
+    repeat, so that step would not advance. Skip to its two-step formula instead."""
+    if isinstance(scheduler, PNDMScheduler) and scheduler.counter == 1:
+        scheduler.counter, scheduler.cur_sample = 2, None
+
+
+def check_restartable(scheduler) -> None:
+    """A clear error for a scheduler whose history GradOP+ cannot restart (instead of silently weaker guidance)."""
+    keeps = [name for name in ("derivatives", "ets") if hasattr(scheduler, name)]
+    if keeps and not isinstance(scheduler, PNDMScheduler):
+        raise ValueError(f"{type(scheduler).__name__} extrapolates from its earlier steps ({keeps[0]}), which GradOP+ "
+                         "cannot restart after it replaces the sample: use one of "
+                         f"{sorted(SCHEDULERS)} (gradop.schedulers.make_scheduler)")

@@ -4,8 +4,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, StableDiffusionPipeline,
-                       StableDiffusionXLPipeline)
+from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, EulerDiscreteScheduler,
+                       StableDiffusionPipeline, StableDiffusionXLPipeline)
 from diffusers.callbacks import MultiPipelineCallbacks, SDXLCFGCutoffCallback
 
 from gradop import CallbackPipeline, GradOPPipeline, PaintingCallback, load_pipeline
@@ -192,6 +192,12 @@ def test_bad_pipelines_and_paintings(sdxl):
         odd = StableDiffusionXLPipeline(**{**tiny_sdxl_components(), "scheduler": scheduler})
         with pytest.raises(ValueError, match="scheduler|model evaluations"):
             callback.check_pipeline(odd)
+    # LMS keeps `derivatives` of the replaced trajectory and has no known restart: refused, not silently weaker
+    # (diffusers' LMSDiscreteScheduler needs scipy, which gradop does not install: its state, on Euler's schedule)
+    lms_like = EulerDiscreteScheduler.from_config(sdxl.scheduler.config)
+    lms_like.derivatives = []
+    with pytest.raises(ValueError, match="cannot restart.*ddim"):
+        callback.check_pipeline(StableDiffusionXLPipeline(**{**tiny_sdxl_components(), "scheduler": lms_like}))
     with pytest.raises(ValueError, match="optimize_target='noisy'"):
         PaintingCallback(painting(), optimize_target="x0").check_pipeline(sdxl)
     with pytest.raises(ValueError, match="must end before the last step"):
