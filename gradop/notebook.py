@@ -113,7 +113,7 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
         # Stable Diffusion takes minutes per image on a CPU (and a 4 GB download): notebooks would stall
         print("no GPU: using the toy model (set GRADOP_MODEL to a Stable Diffusion hub id or folder to insist)")
         model = "toy"
-    pipe = load_pipeline(model, device=device)
+    pipe = load_pipeline(model, device=device, verbose=False)  # its line would go to stderr: a pink box
     pipe.set_progress_bar_config(disable=True)  # each run takes seconds here; figures stay uncluttered
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     work_size = int(work_size or os.environ.get("GRADOP_WORK_SIZE", 0) or native)

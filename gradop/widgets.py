@@ -11,6 +11,8 @@ while the kernel is idle, so synthesis runs from the panel's button, never insid
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import html
 import io
 import json
@@ -25,6 +27,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
+import traitlets
 from ipycanvas import MultiCanvas, hold_canvas
 
 from .images import load_image, scaled_size
@@ -56,6 +59,12 @@ def rasterize(strokes, background: PIL.Image.Image) -> PIL.Image.Image:
 def stroke_layer(strokes, size) -> PIL.Image.Image:
     """The strokes alone on a transparent RGBA layer; eraser paths clear it back to transparent."""
     layer = PIL.Image.new("RGBA", size, (0, 0, 0, 0))
+    paint_strokes(layer, strokes)
+    return layer
+
+
+def paint_strokes(layer: PIL.Image.Image, strokes) -> None:
+    """Draw `strokes` onto the RGBA `layer`, in place: one more stroke on a layer gives what `stroke_layer` gives."""
     draw = PIL.ImageDraw.Draw(layer)  # RGBA without blending: an eraser writes (0, 0, 0, 0) outright
     for stroke in strokes:
         fill = (0, 0, 0, 0) if stroke.erase else (*parse_color(stroke.color), 255)
@@ -66,7 +75,15 @@ def stroke_layer(strokes, size) -> PIL.Image.Image:
             draw.line(points, fill=fill, width=stroke.size, joint="curve")
         for x, y in points:  # round caps and joins, as the canvas draws them
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
-    return layer
+
+
+def stroke_box(stroke, size) -> tuple[int, int, int, int] | None:
+    """The pixels (left, top, right, bottom) a stroke can touch, on the canvas or in PIL; None when off the canvas."""
+    reach = stroke.size / 2 + 2  # the brush radius, the half-pixel shift and the canvas's anti-aliasing
+    xs, ys = [x for x, _ in stroke.points], [y for _, y in stroke.points]
+    left, top = max(0, math.floor(min(xs) - reach)), max(0, math.floor(min(ys) - reach))
+    right, bottom = min(size[0], math.ceil(max(xs) + reach)), min(size[1], math.ceil(max(ys) + reach))
+    return (left, top, right, bottom) if left < right and top < bottom else None
 
 
 def _refuse_constant(name):
@@ -104,8 +121,27 @@ def _read_history(data: dict, max_brush: int) -> tuple[list[Stroke], dict[str, s
     return strokes, {to_hex(parse_color(c, "bindings")): p for c, p in bindings.items()}
 
 
+def _read_background(value, size) -> PIL.Image.Image | None:
+    """The `background` field of `to_json` output: None (the pad's plain colour) or a base64 PNG of the pad's size."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"background must be a base64 PNG or null, got {type(value).__name__}")
+    try:
+        png = base64.b64decode(value, validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"background is not base64 ({err})") from None
+    image = load_image(io.BytesIO(png), "background")  # the size is checked from the header before decoding
+    if image.size != tuple(size):
+        raise ValueError(f"background is {image.width}x{image.height}; the pad is {size[0]}x{size[1]}")
+    return image
+
+
 class ScribblePad(widgets.VBox):
     """A paint canvas for stroke paintings (ipycanvas `MultiCanvas`: background layer + stroke layer).
+
+    `revision` counts the changes of the painting (strokes or background): `pad.observe(callback, "revision")`
+    follows them, as `SynthesisPanel` does.
 
     Args:
         width, height (`int`, *optional*, defaults to 256): canvas size in pixels (= `image` size).
@@ -114,6 +150,8 @@ class ScribblePad(widgets.VBox):
         brush_size (`int`, *optional*, defaults to 16).
         background (`str`, *optional*, defaults to the sky colour): the colour under the strokes.
     """
+
+    revision = traitlets.Int(0, help="how many times the painting changed (observable)")
 
     def __init__(self, width: int = 256, height: int = 256, palette: dict | None = None, brush_size: int = 16,
                  background: str | None = None):
@@ -127,10 +165,14 @@ class ScribblePad(widgets.VBox):
         self.size = (width, height)
         self.strokes: list[Stroke] = []
         self.bindings: dict[str, str] = {}  # colour -> phrase typed by the user
-        self._background = PIL.Image.new("RGB", self.size, parse_color(background))
-        self._undo: list[list[Stroke]] = []  # snapshots before each change: clear and loads are undoable too
-        self._redo: list[list[Stroke]] = []
+        self._blank = PIL.Image.new("RGB", self.size, parse_color(background))
+        self._background = self._blank
+        # (strokes, background) before each change: clears and loaded images are undoable too
+        self._undo: list[tuple[list[Stroke], PIL.Image.Image]] = []
+        self._redo: list[tuple[list[Stroke], PIL.Image.Image]] = []
         self._drawing: Stroke | None = None
+        self._layer = stroke_layer([], self.size)  # the strokes as shown, kept so a new stroke is drawn alone
+        self._binding_colors: list[str] = []  # the colours the binding rows show
 
         self.canvas = MultiCanvas(2, width=width, height=height)
         self.canvas.layout = widgets.Layout(width=f"{width}px", height=f"{height}px")  # one canvas pixel per screen pixel
@@ -148,15 +190,17 @@ class ScribblePad(widgets.VBox):
         self.eraser = widgets.ToggleButton(description="eraser", icon="eraser", layout=widgets.Layout(width="90px"))
         buttons = []
         for name, color in self.palette.items():
-            b = widgets.Button(tooltip=f"{name} {color}", layout=widgets.Layout(width="28px", height="28px"))
+            # a dark border, so that snow (#f4f6fa) and cloud show on the white page
+            b = widgets.Button(tooltip=f"{name} {color}", layout=widgets.Layout(width="28px", height="28px",
+                                                                                border="1px solid #444"))
             b.style.button_color = color
             b.on_click(lambda _, c=color: self.set_color(c))
             buttons.append(b)
-        self.undo_button = self._button("undo", "undo", self.undo)
-        self.redo_button = self._button("redo", "repeat", self.redo)
-        self.clear_button = self._button("clear", "trash", self.clear)
+        self.undo_button = _button("undo", "undo", self.undo)
+        self.redo_button = _button("redo", "repeat", self.redo)
+        self.clear_button = _button("clear", "trash", self.clear)
         self.save_path = widgets.Text(value="scribble.png", layout=widgets.Layout(width="160px"))
-        self.save_button = self._button("save PNG", "save", lambda: self.save(self.save_path.value))
+        self.save_button = _button("save PNG", "save", lambda: self.save(self.save_path.value))
         self.upload = widgets.FileUpload(accept="image/*", description="load image", multiple=False)
         self.upload.observe(self._on_upload, "value")
         self.status = widgets.HTML()
@@ -221,19 +265,15 @@ class ScribblePad(widgets.VBox):
     def on_mouse_up(self, x=None, y=None) -> None:
         if self._drawing is not None:
             stroke, self._drawing = self._drawing, None
-            self._change(self.strokes + [stroke])
+            self._record()
+            self.strokes = self.strokes + [stroke]
+            self._draw_finished(stroke)  # its segments are on the canvas already: no redraw of the others
 
     def undo(self) -> None:
-        if self._undo:
-            self._redo.append(self.strokes)
-            self.strokes = self._undo.pop()
-            self._redraw()
+        self._travel(self._undo, self._redo)
 
     def redo(self) -> None:
-        if self._redo:
-            self._undo.append(self.strokes)
-            self.strokes = self._redo.pop()
-            self._redraw()
+        self._travel(self._redo, self._undo)
 
     def clear(self) -> None:
         """Remove every stroke (undo brings them back)."""
@@ -241,9 +281,9 @@ class ScribblePad(widgets.VBox):
             self._change([])
 
     def load_image(self, image) -> None:
-        """Paint over `image` (path, file, PIL image or array; resized to the pad): it becomes the background."""
-        self._background = load_image(image, "image").resize(self.size, PIL.Image.LANCZOS)
-        self._redraw()
+        """Paint over `image` (path, file, PIL image or array; resized to the pad): it becomes the background
+        (undoable; the strokes stay)."""
+        self._change(self.strokes, load_image(image, "image").resize(self.size, PIL.Image.LANCZOS))
 
     def save(self, path) -> Path:
         """Write the painting as a PNG."""
@@ -255,12 +295,15 @@ class ScribblePad(widgets.VBox):
         return path
 
     def to_json(self) -> str:
-        """The stroke history (and the bindings) as JSON; `from_json` restores it."""
+        """The stroke history, the bindings and the background as JSON; `from_json` restores it. The background
+        is a base64 PNG when an image was loaded, null for the pad's plain colour."""
+        background = None if self._background is self._blank else base64.b64encode(_png(self._background)).decode()
         return json.dumps({"version": 1, "size": list(self.size), "strokes": [asdict(s) for s in self.strokes],
-                           "bindings": self.bindings})
+                           "bindings": self.bindings, "background": background})
 
     def from_json(self, text: str) -> None:
-        """Replace the strokes with those of `to_json` output (undoable) and add its bindings.
+        """Replace the strokes and the background with those of `to_json` output (one undoable step) and add its
+        bindings; a history without a background (null or none) leaves this pad's plain colour.
 
         Everything is checked before the pad changes: a `ValueError` (naming the bad field) leaves the pad as it
         was. Brush sizes above the brush slider's maximum are capped at it.
@@ -270,28 +313,41 @@ class ScribblePad(widgets.VBox):
             if not isinstance(data, dict):
                 raise TypeError(f"it holds a {type(data).__name__}, not an object")
             size = data.get("size", list(self.size))
+        except RecursionError:  # json.loads recurses once per [ or {: thousands of them exhaust the stack
+            raise ValueError("text is not a stroke history written by ScribblePad.to_json: "
+                             "it is nested too deeply") from None
         except (ValueError, TypeError) as err:
             raise ValueError(f"text is not a stroke history written by ScribblePad.to_json: {err}") from None
         if size != list(self.size):
             raise ValueError(f"the strokes were drawn on a {size} pad; this pad is {list(self.size)}")
         try:
             strokes, bindings = _read_history(data, self.brush.max)
+            background = _read_background(data.get("background"), self.size)
         except (ValueError, KeyError, TypeError, OverflowError) as err:
             reason = f"a stroke or the file lacks the field {err}" if isinstance(err, KeyError) else err
             raise ValueError(f"text is not a stroke history written by ScribblePad.to_json: {reason}") from None
         self.bindings.update(bindings)
-        self._change(strokes)
+        self._change(strokes, self._blank if background is None else background)
 
     # ------------------------------------------------------------------ the view
-    def _button(self, description, icon, action):
-        b = widgets.Button(description=description, icon=icon, layout=widgets.Layout(width="auto"))
-        b.on_click(lambda _: action())
-        return b
-
-    def _change(self, strokes) -> None:
-        self._undo.append(self.strokes)
+    def _record(self) -> None:
+        """Keep the painting as it is for undo, before a change."""
+        self._undo.append((self.strokes, self._background))
         self._redo.clear()
-        self.strokes = strokes
+
+    def _change(self, strokes, background=None) -> None:
+        """One undoable step: the pad becomes `strokes` over `background` (the current one when None)."""
+        self._record()
+        self._restore(strokes, self._background if background is None else background)
+
+    def _travel(self, source, target) -> None:
+        """Undo or redo: the painting on top of `source` comes back; the one it replaces goes onto `target`."""
+        if source:
+            target.append((self.strokes, self._background))
+            self._restore(*source.pop())
+
+    def _restore(self, strokes, background) -> None:
+        self.strokes, self._background = strokes, background
         self._redraw()
 
     def _draw_segment(self, stroke, start, end) -> None:
@@ -305,23 +361,46 @@ class ScribblePad(widgets.VBox):
 
     def _redraw(self) -> None:
         """Show the model: the background and the PIL-rasterised stroke layer, so view == `image`."""
+        self._layer = stroke_layer(self.strokes, self.size)
         with hold_canvas():
             self.canvas[0].put_image_data(np.asarray(self._background), 0, 0)
             self.canvas[1].clear()
             self.canvas[1].global_composite_operation = "source-over"
-            self.canvas[1].put_image_data(np.asarray(stroke_layer(self.strokes, self.size)), 0, 0)
-        self._show_bindings()
+            self.canvas[1].put_image_data(np.asarray(self._layer), 0, 0)
+        self._show_bindings()  # from_json may have brought new phrases for the same colours
+        self._painting_changed()
+
+    def _draw_finished(self, stroke) -> None:
+        """Swap the canvas's anti-aliased drawing of the finished `stroke` for the model's pixels (PIL's hard
+        edges), in the stroke's box only: a mouse-up costs one stroke, however many the pad holds."""
+        paint_strokes(self._layer, [stroke])
+        box = stroke_box(stroke, self.size)
+        if box is not None:
+            left, top, right, bottom = box
+            with hold_canvas():
+                layer = self.canvas[1]
+                layer.global_composite_operation = "source-over"
+                layer.clear_rect(left, top, right - left, bottom - top)  # put_image_data blends; clear first
+                layer.put_image_data(np.asarray(self._layer.crop(box)), left, top)
+        if self.colors != self._binding_colors:
+            self._show_bindings()
+        self._painting_changed()
+
+    def _painting_changed(self) -> None:
         points = sum(len(s.points) for s in self.strokes)
         self.status.value = f"{len(self.strokes)} stroke(s), {points} points, colours: {', '.join(self.colors) or 'none'}"
+        self.revision += 1
 
     def _show_bindings(self) -> None:
         rows = []
-        for color in self.colors:
+        self._binding_colors = self.colors
+        for color in self._binding_colors:
             text = widgets.Text(value=self.bindings.get(color, ""), placeholder="phrase from the prompt",
                                 description=color, style={"description_width": "70px"})
             text.observe(lambda change, c=color: self.bindings.__setitem__(c, change["new"]), "value")
-            swatch = widgets.Button(disabled=True, layout=widgets.Layout(width="28px", height="28px"))
-            swatch.style.button_color = color
+            # an HTML square, not a disabled button: those are drawn faded, and the swatch should show the colour
+            swatch = widgets.HTML(f"<div style='width:26px;height:26px;background:{color};border:1px solid #444'></div>",
+                                  layout=widgets.Layout(width="28px", height="28px", margin="2px"))
             rows.append(widgets.HBox([swatch, text]))
         self.binding_box.children = rows
 
@@ -376,7 +455,9 @@ class SynthesisPanel(widgets.VBox):
 
         style = {"description_width": "150px"}
         wide = widgets.Layout(width="420px")
-        self.prompt = widgets.Text(value=prompt, description="prompt", style=style, layout=widgets.Layout(width="560px"))
+        # the whole row (up to 900px), so a long prompt shows whole
+        self.prompt = widgets.Text(value=prompt, description="prompt", style=style,
+                                   layout=widgets.Layout(width="100%", max_width="900px"))
         self.method = widgets.Dropdown(options=[label for label, m in PANEL_METHODS.items() if m.available_on(pipe)],
                                        value="GradOP+", description="method", style=style)
         self.strength = widgets.FloatSlider(value=self.default_strength(self.method.value), min=0.0, max=1.0, step=0.05,
@@ -393,12 +474,10 @@ class SynthesisPanel(widgets.VBox):
         self.seed = widgets.IntText(value=seed, description="seed", style=style)
         self.num_inference_steps = widgets.IntSlider(value=num_inference_steps, min=2, max=100, description="steps",
                                                      style=style, layout=wide)
-        self.generate_button = widgets.Button(description="Generate", icon="paint-brush", button_style="primary")
-        self.generate_button.on_click(lambda _: self._in_background(self.generate))
-        self.compare_button = widgets.Button(description="Compare methods", icon="th")
-        self.compare_button.on_click(lambda _: self._in_background(self.compare))
-        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
-        self.stop_button.on_click(lambda _: self.stop())
+        self.generate_button = _button("Generate", "paint-brush", lambda: self._in_background(self.generate),
+                                       button_style="primary")
+        self.compare_button = _button("Compare methods", "th", lambda: self._in_background(self.compare))
+        self.stop_button = _button("Stop", "stop", self.stop, disabled=True)
         self.progress = widgets.IntProgress(value=0, min=0, max=num_inference_steps, description="")
         self.status = widgets.HTML()
         self.output = widgets.Image(format="png", layout=widgets.Layout(width="256px", height="256px"))
@@ -409,6 +488,13 @@ class SynthesisPanel(widgets.VBox):
             widgets.HBox([self.generate_button, self.compare_button, self.stop_button, self.progress]), self.status,
             widgets.HBox([self.output]), self.gallery,
         ])
+        pad.observe(self._on_painting_changed, "revision")
+
+    def _on_painting_changed(self, change) -> None:
+        """The status line must not claim a run on the painting that is no longer there."""
+        if not (self._worker is not None and self._worker.is_alive()):  # a run reports on its own painting
+            shown = "the image below is from an earlier painting; " if self.images else ""
+            self.status.value = f"painting: {len(self.pad.strokes)} stroke(s); {shown}press Generate"
 
     def default_strength(self, method: str) -> float | None:
         """The strength `method` (a `PANEL_METHODS` label) has by default on this panel's model (its declared
@@ -453,6 +539,7 @@ class SynthesisPanel(widgets.VBox):
         method = method or self.method.value
         strength = float(self.strength.value if strength is None else strength)
         self._stop_requested = False
+        strokes = len(self.pad.strokes)  # the painting this run is given, should the user draw meanwhile
         self.status.value = f"{method}: running…"
         self.generate_button.disabled = self.compare_button.disabled = True
         self.stop_button.disabled = False
@@ -470,23 +557,31 @@ class SynthesisPanel(widgets.VBox):
             self.status.value = f"{method}: stopped after step {self.progress.value}"
             return None
         self.images.append(image)
-        self.output.value = _png(image.resize((256, 256 * image.height // image.width), PIL.Image.NEAREST))
+        self._show_large(image)
         takes_strength = "strength" in PANEL_METHODS[method].uses
         caption = (f"{method}" + (f" {strength:g}" if takes_strength else "") + f", seed {self.seed.value}"
                    + (f", {len(self.pad.regions)} regions" if self.pad.regions else ""))
         self.gallery.children = (self.gallery.children + (_tile(image, caption),))[-8:]
-        self.status.value = f"{caption}: done ({len(self.pad.strokes)} stroke(s), image {image.width}x{image.height})"
+        self.status.value = f"{caption}: done ({strokes} stroke(s), image {image.width}x{image.height})"
         return image
+
+    def _show_large(self, image) -> None:
+        self.output.value = _png(image.resize((256, 256 * image.height // image.width), PIL.Image.NEAREST))
 
     def compare(self) -> list[PIL.Image.Image | None]:
         """Every method on the same painting, prompt and seed, each at its own default strength, into the gallery
-        (a stop ends the comparison)."""
-        images = []
+        (a stop ends the comparison); the method picked in the dropdown is then shown large."""
+        images = {}
         for label in self.method.options:  # the methods this pipeline runs
-            images.append(self.generate(label, self.default_strength(label)))
+            images[label] = self.generate(label, self.default_strength(label))
             if self._stop_requested:
                 break  # generate() clears the request when it starts, so read it before the next one
-        return images
+        picked = images.get(self.method.value)
+        if picked is not None:  # the last run (text-only) is shown otherwise, whatever the dropdown says
+            self._show_large(picked)
+            self.status.value = (f"compared {len(images)} methods (the gallery); shown large: {self.method.value}, "
+                                 f"seed {self.seed.value}")
+        return list(images.values())
 
     def stop(self) -> None:
         """Ask the run in progress to end after its current step (what the Stop button does)."""
@@ -503,6 +598,14 @@ class SynthesisPanel(widgets.VBox):
 
         self._worker = threading.Thread(target=run, name="gradop-synthesis", daemon=True)
         self._worker.start()
+
+
+def _button(description, icon, action, **kwargs) -> widgets.Button:
+    """A button as wide as its label (ipywidgets' fixed 148px cuts "Compare methods" to "Compare meth…")."""
+    button = widgets.Button(description=description, icon=icon, layout=widgets.Layout(width="auto", flex="0 0 auto"),
+                            **kwargs)
+    button.on_click(lambda _: action())
+    return button
 
 
 def _png(image: PIL.Image.Image) -> bytes:

@@ -1,8 +1,9 @@
 """A real browser: JupyterLab on 127.0.0.1 in headless Chromium (Debian's, driven by Playwright).
 
 Opens notebook 5, runs it, draws a stroke on the scribble pad with the mouse, clicks Generate, and checks
-that the kernel got the stroke and an image came back. The screenshots are kept in `test-artifacts/`
-(or `$GRADOP_TEST_ARTIFACTS`): the whole page, and `scribble_pad.png`, the pad and the panel after the run,
+that the kernel got the stroke and an image came back, and that the widgets read whole: button labels and a
+70-character prompt are not cut off, light palette colours have a visible border. The screenshots are kept in
+`test-artifacts/` (or `$GRADOP_TEST_ARTIFACTS`): the whole page, and `scribble_pad.png`, the pad and the panel after the run,
 which notebook 5 shows (copy it to `notebooks/images/` when the widgets' look changes).
 """
 import json
@@ -89,9 +90,15 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             page.goto(jupyterlab)
             page.locator(".jp-Notebook").wait_for(timeout=120_000)
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+            # that indicator says idle before the kernel is attached, and Run All then runs nothing: wait for the
+            # status bar's "Python 3 (ipykernel) | Idle" too
+            page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).wait_for(timeout=120_000)
             page.locator(".jp-Cell").first.click()  # Run All acts on the notebook that has focus
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
+            # the first code cell is queued or ran ([*] or [1]), not left at [ ]
+            first_prompt = page.locator(".jp-CodeCell .jp-InputPrompt").first
+            first_prompt.filter(has_text=re.compile(r"\[(\*|\d+)\]")).wait_for(timeout=60_000)
             # the notebook has run when its last checks are printed
             page.get_by_text("the copy's painting is identical: True").wait_for(timeout=int(os.environ.get("GRADOP_BROWSER_TIMEOUT", 600)) * 1000)
             status = page.get_by_text(re.compile(r"^\d+ stroke\(s\), \d+ points")).first
@@ -107,6 +114,9 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
                 page.mouse.move(x0 + 0.06 * k * box["width"], y0 + 0.02 * k * box["height"])
             page.mouse.up()
             page.get_by_text(re.compile(rf"^{before + 1} stroke\(s\)")).first.wait_for(timeout=60_000)
+            # the panel's status no longer shows the comparison's run as if it were of this painting
+            page.get_by_text(f"painting: {before + 1} stroke(s)").wait_for(timeout=60_000)
+            check_the_widgets_read_whole(page)
 
             page.get_by_role("button", name="Generate").click()
             strength = DECLARED["gradop_plus"]["strength"]  # the panel starts at the bundled model's own default
@@ -129,8 +139,31 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             both.paste(shots[0], (0, 0))
             both.paste(shots[1], (shots[0].width + 16, 0))
             both.save(artifacts / "scribble_pad.png", optimize=True)
+            check_a_long_prompt_shows_whole(page)
         except Exception:
             page.screenshot(path=str(artifacts / "browser_scribble_pad_failure.png"), full_page=True)
             raise
         finally:
             browser.close()
+
+
+def check_the_widgets_read_whole(page):
+    """Labels not cut to "Compare meth…" (ipywidgets' fixed button width), light palette colours outlined."""
+    for name in ("Generate", "Compare methods", "Stop", "undo", "clear", "save PNG"):
+        # by its text: the accessible name also holds the icon's glyph
+        button = page.locator(".widget-button", has_text=re.compile(rf"^\s*{re.escape(name)}\s*$"))
+        widths = button.evaluate("b => [b.scrollWidth, b.clientWidth]")
+        assert widths[0] <= widths[1], f"the {name!r} button cuts its label: {widths[0]}px of text in {widths[1]}px"
+    snow = page.locator("button[title^='snow']")
+    border = snow.evaluate("b => { const s = getComputedStyle(b); return [s.borderTopStyle, s.borderTopWidth, s.borderTopColor] }")
+    assert border[0] == "solid" and border[1] != "0px" and border[2] != "rgb(255, 255, 255)", border
+
+
+def check_a_long_prompt_shows_whole(page):
+    """A 70-character prompt fits the prompt box (the old 560px box cut it)."""
+    prompt = "a photo of a red house by a lake below snowy mountains in the sunshine"
+    assert len(prompt) == 70
+    box = page.locator(".widget-text", has=page.get_by_text("prompt", exact=True)).locator("input")
+    box.fill(prompt)
+    widths = box.evaluate("i => [i.scrollWidth, i.clientWidth]")
+    assert widths[0] <= widths[1], f"the prompt box shows {widths[1]}px of a {widths[0]}px prompt"

@@ -299,3 +299,128 @@ def test_the_pad_refuses_non_finite_pointer_positions():
     restored = ScribblePad(64, 48)
     restored.from_json(pad.to_json())
     assert restored.image.tobytes() == pad.image.tobytes()
+
+
+# ---------------------------------------------------------------------- issue 34: background, history, view, panel look
+def blank_image(pad):
+    return PIL.Image.new("RGB", pad.size, tuple(background_of(pad)))
+
+
+def test_a_loaded_background_is_in_the_json_and_the_restored_pad_is_identical(pad, painting):
+    assert json.loads(pad.to_json())["background"] is None  # a blank pad: no picture to store
+    pad.load_image(painting)
+    pad.set_color(RED)
+    drag(pad, [(10, 20), (60, 40)])
+    other = ScribblePad(width=96, height=64)
+    other.from_json(pad.to_json())
+    np.testing.assert_array_equal(np.asarray(other.image), np.asarray(pad.image))
+    other.undo()  # the restore is one undoable step: strokes and background come back together
+    np.testing.assert_array_equal(np.asarray(other.image), np.asarray(blank_image(other)))
+    blank = ScribblePad(width=96, height=64)
+    pad.from_json(blank.to_json())  # a blank history blanks the background too
+    np.testing.assert_array_equal(np.asarray(pad.image), np.asarray(blank_image(pad)))
+
+
+def test_load_image_is_undoable_and_redoable(pad, painting):
+    pad.set_color(RED)
+    drag(pad, [(10, 20), (60, 40)])
+    before = np.asarray(pad.image).copy()
+    pad.load_image(painting)
+    loaded = np.asarray(pad.image).copy()
+    assert not np.array_equal(loaded, before)
+    pad.undo()  # the previous background comes back and the stroke stays
+    np.testing.assert_array_equal(np.asarray(pad.image), before)
+    assert len(pad.strokes) == 1
+    pad.redo()
+    np.testing.assert_array_equal(np.asarray(pad.image), loaded)
+
+
+def test_a_bad_background_in_the_json_is_a_clear_error_and_the_pad_stays(pad, painting):
+    import base64
+    import io
+
+    drag(pad, [(10, 20), (60, 40)])
+    before = (list(pad.strokes), np.asarray(pad.image).copy())
+    good = json.loads(pad.to_json())
+    small = io.BytesIO()
+    painting.resize((32, 32)).save(small, format="PNG")
+    for value, message in ((3, "background must be"), ("not base64!", "background"),
+                           (base64.b64encode(b"not a png").decode(), "background"),
+                           (base64.b64encode(small.getvalue()).decode(), "background is 32x32")):
+        with pytest.raises(ValueError, match=message):
+            pad.from_json(json.dumps(good | {"background": value}))
+    assert pad.strokes == before[0]
+    np.testing.assert_array_equal(np.asarray(pad.image), before[1])
+
+
+def test_deeply_nested_json_is_a_value_error(pad):
+    with pytest.raises(ValueError, match="stroke history.*nested"):
+        pad.from_json("[" * 100000 + "]" * 100000)
+
+
+def test_mouse_up_draws_only_the_finished_stroke_and_shows_the_models_pixels(monkeypatch):
+    import PIL.ImageDraw
+
+    from gradop.widgets import stroke_layer
+
+    pad = ScribblePad(width=256, height=256)
+    many = [{"color": BLUE, "size": 16, "points": [[i % 256, (7 * i) % 256], [(3 * i) % 256, (5 * i) % 256]]}
+            for i in range(1000)]
+    pad.from_json(json.dumps({"version": 1, "size": [256, 256], "strokes": many}))
+    dots, shown = [], []
+    ellipse = PIL.ImageDraw.ImageDraw.ellipse
+    monkeypatch.setattr(PIL.ImageDraw.ImageDraw, "ellipse", lambda self, *a, **k: dots.append(1) or ellipse(self, *a, **k))
+    layer = pad.canvas[1]
+    put = layer.put_image_data
+    monkeypatch.setattr(layer, "put_image_data", lambda data, x=0, y=0: shown.append((data, x, y)) or put(data, x, y))
+    pad.set_color(RED)
+    pad.brush.value = 10
+    drag(pad, [(100, 100), (120, 104), (130, 110)])
+    assert len(dots) == 3  # the new stroke's three round caps, not the 1,000 strokes' 2,000
+    (data, x, y), = shown  # one patch of the stroke layer: the finished stroke's box, not the whole canvas
+    assert data.shape[0] * data.shape[1] < 40 * 30 and (x, y) == (93, 93)
+    model = np.asarray(stroke_layer(pad.strokes, pad.size))  # the pixels shown are the model's, hard edges and all
+    np.testing.assert_array_equal(data, model[y:y + data.shape[0], x:x + data.shape[1]])
+    assert len(pad.strokes) == 1001 and "1001 stroke(s)" in pad.status.value
+    shown.clear()
+    pad.undo()  # undo redraws everything
+    assert shown[0][0].shape[:2] == (256, 256)
+
+
+def test_palette_buttons_and_binding_swatches_have_a_border_so_light_colours_show(pad):
+    palette_row = pad.children[0].children[:len(TOY_PALETTE)]
+    for (name, color), button in zip(TOY_PALETTE.items(), palette_row):
+        assert name in button.tooltip and button.style.button_color == color
+        assert button.layout.border and "solid" in button.layout.border
+    pad.set_color(TOY_PALETTE["snow"])
+    drag(pad, [(10, 10), (20, 10)])
+    swatch = pad.binding_box.children[0].children[0]
+    assert TOY_PALETTE["snow"] in swatch.value and "border" in swatch.value  # the exact colour, not greyed out
+
+
+def test_panel_buttons_fit_their_labels_and_the_prompt_takes_the_row(panel):
+    # ipywidgets gives a button 148px and cuts a longer label to "Compare meth…" (the browser test measures it)
+    for button in (panel.generate_button, panel.compare_button, panel.stop_button):
+        assert button.layout.width == "auto", button.description
+    assert panel.prompt.layout.width == "100%"  # a 70-character prompt shows whole
+
+
+def test_the_panel_status_follows_the_painting(panel, pad):
+    assert panel.generate() is not None and "done (1 stroke(s)" in panel.status.value
+    pad.clear_button.click()
+    assert "done" not in panel.status.value and "0 stroke(s)" in panel.status.value
+    drag(pad, [(10, 10), (20, 10)])
+    assert "1 stroke(s)" in panel.status.value
+    pad.undo()
+    assert "0 stroke(s)" in panel.status.value
+
+
+def test_after_compare_the_large_image_is_the_selected_method(panel):
+    import io
+
+    panel.method.value = "SDEdit"
+    images = panel.compare()
+    shown = PIL.Image.open(io.BytesIO(panel.output.value)).convert("RGB")
+    sdedit = images[list(panel.method.options).index("SDEdit")]
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(sdedit.resize(shown.size, PIL.Image.NEAREST)))
+    assert "SDEdit" in panel.status.value
