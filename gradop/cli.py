@@ -4,18 +4,20 @@
 
 Several images (`--num-images`) are made `--batch-size` at a time and each is written as soon as its batch
 finishes, so an interrupted run keeps the finished ones. Image i is drawn from its own generator seeded with
-`--seed` + i: it is the image `--seed <seed + i> --num-images 1` gives, whatever the batch size.
+`--seed` + i: it is the image `--seed <seed + i> --num-images 1` gives, whatever the batch size (up to float
+rounding: batched arithmetic rounds differently, a pixel may differ by 1 of 255).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 from .methods import METHODS
-from .runs import default_prompt, painting_decoder, painting_size, save_atomically
+from .runs import cpu_threads_for_the_load, default_prompt, painting_decoder, painting_size, save_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,8 +142,12 @@ def run(args) -> list[Path]:
     # Fail fast on bad input, before a model that may take minutes to load: the painting, then the pipeline's checks
     painting = load_image(args.img_path, "--img_path") if args.img_path else None
     prompt = args.prompt or (default_prompt(Path(args.img_path)) if args.img_path else None)
+    if prompt is None and not args.img_path:
+        raise ValueError(f"--prompt is required for --method {args.method} (without a painting there is no "
+                         "manifest to take one from)")
     if prompt is None:
         raise ValueError("--prompt is required (the painting is not listed in a manifest.json beside it)")
+    checks.check_count(args.num_images, "--num-images", 1)
     paths = output_paths(args, args.num_images)
     regions = parse_region_flags(args.region)
     if regions and not args.img_path:
@@ -179,13 +185,16 @@ def generate(args, method, settings, painting, prompt, paths) -> list[Path]:
     """Load the model and write the images (`run` has checked everything that can be checked without it)."""
     import torch
 
-    from .models import load_pipeline
+    from .models import is_toy_model, load_pipeline
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+    threads = cpu_threads_for_the_load() if pipe.device.type == "cpu" else None
+    if threads:
+        print(f"gradop: {threads}", file=sys.stderr)
     settings["height"], settings["width"] = painting_size(pipe, painting, args.height, args.width)
     if painting is not None and args.height is None and args.width is None and settings["height"] is not None:
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        print(f"gradop: the toy model works at {native}x{native}; painting "
+        print(f"gradop: the {'toy' if is_toy_model(pipe) else 'tiny test'} model works at {native}x{native}; painting "
               f"{painting.width}x{painting.height} is used at {settings['width']}x{settings['height']} "
               "(pass --height/--width to choose)", file=sys.stderr)
     if "painting_decoder" in method.uses:
@@ -198,8 +207,17 @@ def generate(args, method, settings, painting, prompt, paths) -> list[Path]:
         out = method(pipe, prompt, painting, generator=generators, **{**settings, "num_images_per_prompt": len(chunk)})
         for image, path in zip(out.images, chunk):
             save_atomically(image, path)  # written as soon as its batch is done: a killed run keeps it
-            print(f"wrote {path}", flush=True)
+            _tell(f"wrote {path}")
     return paths
+
+
+def _tell(line: str) -> None:
+    """Print a result line on stdout. A reader that went away (`gradop ... | head -1`) must not stop the run: the
+    images are the result; the rest of the lines (and the exit's flush) go to /dev/null."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -216,12 +234,13 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():  # restores warnings.showwarning for callers of main()
             warnings.showwarning = _show_warning
             run(args)
-    except (ValueError, TypeError, FloatingPointError) as err:  # user errors, and a non-finite image
+    # the user's to fix (a bad flag, a model that cannot load), and a non-finite image
+    except (ValueError, TypeError, ModelUnavailableError, FloatingPointError) as err:
         print(f"gradop: error: {err}", file=sys.stderr)
         return 2
-    except ModelUnavailableError as err:
-        print(f"gradop: {err}", file=sys.stderr)
-        return 3
+    except OSError as err:  # the disk filled up, the folder went away: the images written before are kept
+        print(f"gradop: error: {err}; the images written before it are kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: the images written so far are whole; the one being written is removed
         print("gradop: interrupted", file=sys.stderr)
         return 130

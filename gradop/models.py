@@ -29,6 +29,7 @@ class ModelUnavailableError(RuntimeError):
 
 def resolve_device(device=None) -> torch.device:
     """`None`/"auto": CUDA when present, else Apple's MPS, else the CPU."""
+    given = device
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -36,7 +37,9 @@ def resolve_device(device=None) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # e.g. "meta": holds no values to compute with
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {given!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
     return device
@@ -90,7 +93,7 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
             dtype = torch.float32 if device.type == "cpu" else dtype
     else:
         local_only = _offline() or Path(model).is_dir()
-        try:
+        with loading("model", model):
             family = _pipeline_class(model, local_only)
             if family in CALLBACK_CLASSES:
                 import diffusers
@@ -100,8 +103,6 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
                 pipe = _callback_pipeline(loaded, scheduler)
             else:
                 pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler, local_files_only=local_only)
-        except (OSError, ValueError) as err:
-            raise ModelUnavailableError(f"could not load model '{model}': {err}") from None
     pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
     if verbose:
         small = "; GradOP's painting loss goes through its small painting_decoder (pass painting_decoder=pipe.vae " \
@@ -115,11 +116,17 @@ def _pipeline_class(model: str, local_only: bool) -> str:
     """The pipeline class a folder or hub id declares (model_index.json), checked to be one gradop serves."""
     from diffusers import DiffusionPipeline
 
-    name = DiffusionPipeline.load_config(model, local_files_only=local_only).get("_class_name", "")
+    config = DiffusionPipeline.load_config(model, local_files_only=local_only)
+    if not isinstance(config, dict):
+        raise ModelUnavailableError(
+            f"could not load model '{model}': its model_index.json holds a JSON {type(config).__name__}, not an "
+            'object {"_class_name": ..., "unet": [...], ...}; give a diffusers pipeline folder or hub id')
+    name = config.get("_class_name", "")
     if name not in SD_CLASSES + CALLBACK_CLASSES:
-        raise ValueError(f"it is a {name or 'pipeline of unknown class'}; gradop serves Stable Diffusion 1.x/2.x "
-                         f"({', '.join(SD_CLASSES)}) and SDXL ({', '.join(CALLBACK_CLASSES)}). For another "
-                         "text-to-image pipeline, pass gradop.PaintingCallback as its callback_on_step_end")
+        raise ModelUnavailableError(
+            f"could not load model '{model}': it is a {name or 'pipeline of unknown class'}; gradop serves Stable "
+            f"Diffusion 1.x/2.x ({', '.join(SD_CLASSES)}) and SDXL ({', '.join(CALLBACK_CLASSES)}). For another "
+            "text-to-image pipeline, pass gradop.PaintingCallback as its callback_on_step_end")
     return name
 
 
@@ -162,6 +169,26 @@ def model_label(pipe) -> str:
     return f"{name} (Stable Diffusion v1.4)" if name == SD_V1_4 else name
 
 
+@contextlib.contextmanager
+def loading(what: str, name: str):
+    """The one way a model or painting decoder that fails to load is reported: a `ModelUnavailableError` in one
+    line naming it, the cause, and what to do (a damaged weights file raised a SafetensorError traceback)."""
+    try:
+        yield
+    except ModelUnavailableError:
+        raise
+    except Exception as err:  # noqa: BLE001 — whatever the libraries raise, the model cannot be had
+        cause = " ".join(str(err).split())
+        cause = cause if len(cause) <= 300 else cause[:297] + "..."
+        if Path(name).is_dir():
+            fix = "its files may be damaged or incomplete: copy or download the folder again"
+        else:
+            fix = "check the id, or " + ("download it once online (HF_HUB_OFFLINE is set)" if _offline()
+                                          else "check the network")
+        raise ModelUnavailableError(f"could not load {what} '{name}' ({type(err).__name__}: {cause}); {fix}, "
+                                    f"or choose another {what} (toy is bundled)") from None
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
@@ -173,7 +200,7 @@ def _load_toy(scheduler):
         raise ModelUnavailableError(f"the toy model is missing from {TOY_MODEL}; reinstall gradop, or train it "
                                     "with `python -m gradop.toy.train`")
     # It loads in a fraction of a second: no loading bars (in a notebook they become widgets)
-    with _quiet_loading():
+    with loading("model", str(TOY_MODEL)), _quiet_loading():
         return GradOPPipeline.from_pretrained(TOY_MODEL, scheduler=scheduler, local_files_only=True)
 
 
@@ -243,10 +270,8 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be 'toy', 'taesd', 'taesdxl', a hub id or a folder, got {name!r}")
     source = {"toy": TOY_PAINTING_DECODER, "taesd": TAESD, "taesdxl": TAESDXL}.get(name, name)
-    try:
+    with loading("painting decoder", str(source)):
         decoder = AutoencoderTiny.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
-    except (OSError, ValueError) as err:
-        raise ModelUnavailableError(f"could not load painting decoder '{name}': {err}") from None
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     decoder = decoder.to(device)  # (diffusers warns at a dtype cast, even to the dtype it already has)

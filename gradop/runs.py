@@ -30,13 +30,16 @@ def default_prompt(img_path: Path) -> str | None:
 
 def painting_size(pipe, painting, height, width) -> tuple[int | None, int | None]:
     """(height, width) for `painting` on `pipe` by the one sizing rule (`images.work_size`): one given side keeps
-    the aspect ratio; the toy model works a larger painting at its 64x64."""
+    the aspect ratio; the toy and tiny test models work a larger painting at their 64x64."""
     from .images import work_size
     from .models import is_toy_model
+    from .testing import TINY, TINY_XL
 
     if painting is None:
         return height, width
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor if is_toy_model(pipe) else None
+    # the toy and tiny test models work a painting at their own small size (a 512² painting would take minutes)
+    small = is_toy_model(pipe) or getattr(pipe, "name_or_path", None) in (TINY, TINY_XL)
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor if small else None
     return work_size(painting.size, height, width, native, pipe.vae_scale_factor)
 
 
@@ -74,3 +77,20 @@ def save_atomically(image, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def cpu_threads_for_the_load() -> str | None:
+    """On a CPU that other work keeps busy, use only the cores it leaves free, unless `OMP_NUM_THREADS` says how
+    many: torch's threads wait for each other at every operation, so one that is descheduled stalls the rest (the
+    README's main command on 2 busy cores: 165 s with 2 threads, 26 s with 1). Returns a line saying what it did."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
+        return None
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    free = max(1, round(cores - load))
+    if free >= torch.get_num_threads():
+        return None
+    torch.set_num_threads(free)
+    return (f"the CPU is busy (load {load:.1f} on {cores} cores): using {free} torch thread(s) "
+            "(set OMP_NUM_THREADS to choose)")

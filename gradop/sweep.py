@@ -13,17 +13,22 @@
 name as the `gradop` command's `--painting-decoder` takes it (model, full, toy, taesd, a folder or a hub id).
 A painting's prompt comes from the manifest beside it unless `prompt` is given; paintings are sized as by the
 `gradop` command (`gradop.runs` holds what the two share). The
-whole file is checked before the model loads (a bad key or value: one line naming the job, exit 2). Every
-job writes `<job id>.png` (atomically) and then one JSON line to `results-<process>.jsonl`; a job whose line
-and image both exist is done, so a rerun (with any number of processes) does only what is missing. A job
-that fails while running is reported in one line and the others go on; the process then exits with 2.
+whole file is checked before the model loads (a bad key or value: one line naming the job, exit 2); a grid
+of more than `MAX_JOBS` is refused. Every job writes `<job id>.png` (atomically) and then one JSON line to
+`results-<process>.jsonl`; a job whose line and image both exist is done, so a rerun (with any number of
+processes) does only what is missing. A job's id covers its settings, the painting file's content and its
+prompt: an edited painting or manifest makes new jobs. Sweeps that share `--out` run each job once (a job is
+claimed while it runs). A job that fails while running is reported in one line and the others go on; the
+process then exits with 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import sys
 import tempfile
@@ -31,7 +36,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no claims, so two sweeps sharing --out may both run a job
+    fcntl = None
+
 SPEC_KEYS = ("model", "method", "fixed", "grid")
+# Days of work at seconds a job; a larger grid is a slip (it took minutes and gigabytes before a word)
+MAX_JOBS = 100_000
 # The sweep makes one PNG per job, seeded by the job's `seed`: these stay its own
 RESERVED = ("generator", "num_images_per_prompt", "output_type", "return_dict")
 
@@ -47,11 +59,12 @@ class Job:
     settings: dict  # the method's settings: fixed and grid values less painting, prompt and seed
 
 
-def expand(spec) -> list[dict]:
-    """Every combination of the grid's lists, each with a stable id (a hash of its parameters).
+def expand(spec, sources: dict | None = None) -> list[dict]:
+    """Every combination of the grid's lists, each with its id (`job_id`).
 
     Checks the file's structure: a JSON object with only `SPEC_KEYS`, a known method and model name, `fixed`
-    an object and `grid` an object of non-empty lists, no key in both."""
+    an object and `grid` an object of non-empty lists, no key in both, at most `MAX_JOBS` combinations (counted
+    before any is made). `sources` keeps what `painting_source` read, for the caller."""
     from .methods import get_method
     from .models import check_model_name
 
@@ -74,12 +87,44 @@ def expand(spec) -> list[dict]:
     both = sorted(set(fixed) & set(grid))
     if both:
         raise ValueError(f"{', '.join(map(repr, both))} is in both \"fixed\" and \"grid\"; keep it in one")
+    count = math.prod(len(grid[n]) for n in names)
+    if count > MAX_JOBS:
+        sizes = " x ".join(f"{n} {len(grid[n])}" for n in names)
+        raise ValueError(f"the grid makes {count:,} jobs ({sizes}), more than a sweep takes ({MAX_JOBS:,}); "
+                         "split it into several sweep files (they may share --out)")
+    sources = {} if sources is None else sources
     jobs = []
     for values in itertools.product(*(grid[n] for n in names)):
         params = dict(zip(names, values))
-        key = json.dumps([spec.get("model", "toy"), spec.get("method", "gradop+"), fixed, params], sort_keys=True)
-        jobs.append({"id": hashlib.sha1(key.encode()).hexdigest()[:12], **params})
+        jobs.append({"id": job_id(spec, params, sources), **params})
     return jobs
+
+
+def job_id(spec, params: dict, sources: dict) -> str:
+    """A job's identity, which decides whether it is done: a hash of the model, method, settings, the painting
+    file's content and the prompt it resolves to (so an edited painting or manifest runs it again)."""
+    fixed = spec.get("fixed", {})
+    digest, prompt = painting_source({**fixed, **params}, sources)
+    key = json.dumps([spec.get("model", "toy"), spec.get("method", "gradop+"), fixed, params, digest, prompt],
+                     sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def painting_source(settings: dict, sources: dict) -> tuple[str | None, str | None]:
+    """(a hash of the painting file's bytes, the job's prompt: its own, else the manifest's beside the painting),
+    each file read once (`sources`: path -> (hash, manifest prompt)). A file that cannot be read gives
+    (None, None): `prepare` reports it."""
+    from .runs import default_prompt
+
+    path = settings.get("painting")
+    if isinstance(path, str) and path not in sources:
+        try:
+            sources[path] = hashlib.sha1(Path(path).read_bytes()).hexdigest(), default_prompt(Path(path))
+        except OSError:
+            sources[path] = None, None
+    digest, manifest_prompt = sources.get(path, (None, None)) if isinstance(path, str) else (None, None)
+    prompt = settings.get("prompt")
+    return digest, manifest_prompt if prompt is None else prompt
 
 
 def prepare(spec) -> list[Job]:
@@ -89,11 +134,11 @@ def prepare(spec) -> list[Job]:
     from .images import load_image
     from .methods import get_method
     from .pipeline import GradOPPipeline
-    from .runs import check_painting_decoder_choice, default_prompt
+    from .runs import check_painting_decoder_choice
 
-    grid = expand(spec)
+    sources, paintings = {}, {}  # each file read once
+    grid = expand(spec, sources)
     method = get_method(spec.get("method", "gradop+"))
-    paintings, prompts = {}, {}  # each file read once
     jobs = []
     for job in grid:
         params = {k: v for k, v in job.items() if k != "id"}
@@ -101,15 +146,14 @@ def prepare(spec) -> list[Job]:
         shown = ", ".join(f"{k}={_short(Path(v).name if k == 'painting' and isinstance(v, str) else v)}"
                           for k, v in params.items())
         try:
-            path, prompt, seed = (settings.pop(k, None) for k in ("painting", "prompt", "seed"))
+            prompt = painting_source(settings, sources)[1]
+            path, _, seed = (settings.pop(k, None) for k in ("painting", "prompt", "seed"))
             if path is not None and not isinstance(path, str):
                 raise ValueError(f"painting must be a file path (a string), got {path!r}")
             if path is not None and path not in paintings:
                 paintings[path] = load_image(path, "painting")
-                prompts[path] = default_prompt(Path(path))
             if method.takes_painting and path is None:
                 raise ValueError(f"method {method.name} needs a painting: list \"painting\" in fixed or grid")
-            prompt = prompt if prompt is not None else prompts.get(path)
             if prompt is None:
                 raise ValueError("prompt: none given, and the painting is not in a manifest.json beside it; "
                                  "list \"prompt\" in fixed or grid")
@@ -135,10 +179,16 @@ def _short(value) -> str:
 
 
 def finished(out: Path) -> set[str]:
-    """Ids of the jobs with both a result line (any process's file) and their image."""
+    """Ids of the jobs with both a result line (any process's file) and their image. A results file that cannot
+    be read (a folder of that name, no permission) is a `ValueError` naming it."""
     done = set()
     for path in out.glob("results-*.jsonl"):
-        for line in path.read_text(errors="replace").splitlines():
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as err:
+            raise ValueError(f"cannot read '{path}' ({err.strerror}): the sweep keeps its results in files of "
+                             "that name; move it out of --out, or fix its permissions") from None
+        for line in text.splitlines():
             try:
                 job_id = json.loads(line)["id"]
             except (ValueError, KeyError, TypeError):
@@ -146,6 +196,31 @@ def finished(out: Path) -> set[str]:
             if isinstance(job_id, str) and (out / f"{job_id}.png").is_file():
                 done.add(job_id)
     return done
+
+
+@contextlib.contextmanager
+def claim(out: Path, job_id: str):
+    """Yields whether this process may run the job: True while it holds the lock on `<out>/.<job id>.lock`, False
+    when another sweep on `out` holds it. The operating system drops the lock of a killed process, so a claim
+    never outlives its sweep; the file goes when the job ends."""
+    if fcntl is None:
+        yield True
+        return
+    path = out / f".{job_id}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the file is still the one at `path`: its holder did not end the job and remove it meanwhile
+            held = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        yield held
+    finally:
+        if held:
+            path.unlink(missing_ok=True)  # while still locked: a sweep that opened it now finds it gone
+        os.close(fd)
 
 
 def append_line(path: Path, record: dict) -> None:
@@ -200,9 +275,9 @@ def _sweep(args) -> int:
 
     from .methods import declared_defaults, get_method
     from .model_defaults import naming_declared_defaults
-    from .models import load_pipeline
+    from .models import ModelUnavailableError, load_pipeline
     from .pipeline import GradOPPipeline
-    from .runs import save_atomically
+    from .runs import cpu_threads_for_the_load, save_atomically
 
     try:
         try:
@@ -219,6 +294,7 @@ def _sweep(args) -> int:
         except OSError as err:
             raise ValueError(f"--out '{args.out}': cannot write there ({err.strerror}); choose a folder you can "
                              "write to") from None
+        done = finished(args.out)
     except (OSError, ValueError, TypeError) as err:
         print(f"gradop.sweep: error: {err}", file=sys.stderr)
         return 2
@@ -226,15 +302,21 @@ def _sweep(args) -> int:
 
     # on a machine without GPUs, processes started by `accelerate launch --multi_gpu` talk over gloo
     state = PartialState(cpu=not torch.cuda.is_available())
-    done = finished(args.out)
     pending = [job for job in jobs if job.id not in done]
     if state.is_main_process:
         print(f"gradop.sweep: {len(jobs)} jobs, {len(done & {j.id for j in jobs})} done, {len(pending)} to run "
               f"on {state.num_processes} process(es)", file=sys.stderr)
     mine = pending[state.process_index::state.num_processes]
-    failed = 0
+    failed = taken = 0
     if mine:
-        pipe = load_pipeline(spec.get("model", "toy"), device=state.device, verbose=state.is_main_process)
+        try:
+            pipe = load_pipeline(spec.get("model", "toy"), device=state.device, verbose=state.is_main_process)
+        except ModelUnavailableError as err:
+            print(f"gradop.sweep: error: {err}", file=sys.stderr)
+            return 2
+        threads = cpu_threads_for_the_load() if pipe.device.type == "cpu" else None
+        if threads and state.is_main_process:
+            print(f"gradop.sweep: {threads}", file=sys.stderr)
         pipe.set_progress_bar_config(disable=True)
         method = get_method(spec.get("method", "gradop+"))
         # settings a job leaves out take the model's declared defaults (else the release's): say which, and record them
@@ -257,20 +339,27 @@ def _sweep(args) -> int:
         results = args.out / f"results-{state.process_index}.jsonl"
         decoders = {}  # painting decoders by name, each loaded once
         for job in mine:
-            start = time.perf_counter()
-            try:
-                image = run_job(pipe, method, job, decoders)
-                save_atomically(image, args.out / f"{job.id}.png")  # the image first: a line means a whole image
-            except Exception as err:  # noqa: BLE001 — one bad job must not stop the others; a rerun retries it
-                failed += 1
-                print(f"gradop.sweep: job {job.id} failed: {type(err).__name__}: {' '.join(str(err).split())}",
-                      file=sys.stderr)
-                continue
-            used = {k: v if job.settings.get(k) is None else job.settings[k] for k, v in defaults.items()}  # as run
-            append_line(results, {"id": job.id, **job.params, "prompt": job.prompt, "settings used": used,
-                                  "seconds": round(time.perf_counter() - start, 3), "process": state.process_index,
-                                  "image": f"{job.id}.png"})
+            with claim(args.out, job.id) as held:
+                if not held or job.id in finished(args.out):  # another sweep on --out runs it, or has run it
+                    taken += 1
+                    continue
+                start = time.perf_counter()
+                try:
+                    image = run_job(pipe, method, job, decoders)
+                    save_atomically(image, args.out / f"{job.id}.png")  # the image first: a line means a whole image
+                except Exception as err:  # noqa: BLE001 — one bad job must not stop the others; a rerun retries it
+                    failed += 1
+                    print(f"gradop.sweep: job {job.id} failed: {type(err).__name__}: {' '.join(str(err).split())}",
+                          file=sys.stderr)
+                    continue
+                used = {k: v if job.settings.get(k) is None else job.settings[k] for k, v in defaults.items()}
+                append_line(results, {"id": job.id, **job.params, "prompt": job.prompt, "settings used": used,
+                                      "seconds": round(time.perf_counter() - start, 3),
+                                      "process": state.process_index, "image": f"{job.id}.png"})
     state.wait_for_everyone()
+    if taken:
+        print(f"gradop.sweep: {taken} job(s) left to another sweep in '{args.out}' (running or done there)",
+              file=sys.stderr)
     if failed:
         print(f"gradop.sweep: {failed} of {len(mine)} job(s) failed (above); a rerun retries them", file=sys.stderr)
         return 2

@@ -70,6 +70,7 @@ def test_default_output_and_manifest_prompt(tmp_path, stroke, monkeypatch, capsy
     (["--img_path", "{stroke}", "--prompt", "a", "--guidance-scale", "-1"], "guidance_scale"),
     (["--img_path", "{stroke}", "--prompt", "a", "--scheduler", "karras"], "scheduler must be one of"),
     (["--img_path", "{stroke}", "--prompt", "a", "--dtype", "fp8"], "dtype must be"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--device", "meta"], "device must be 'auto', 'cpu', 'cuda'"),
     (["--img_path", "{stroke}", "--prompt", "a", "--output", "x.jpg"], "--output must end in .png"),
     (["--prompt", "a"], "--img_path is required"),
     (["--img_path", "{stroke}", "--prompt", "a ball", "--region", "c82828"], "--region must look like '#2a7a2a=forest'"),
@@ -81,6 +82,8 @@ def test_default_output_and_manifest_prompt(tmp_path, stroke, monkeypatch, capsy
     (["--method", "text", "--prompt", "a ball", "--region", "#c82828=ball"], "--region needs --img_path"),
     (["--method", "sdedit", "--img_path", "{stroke}", "--prompt", "a", "--num_iterative_steps", "5"],
      "--method sdedit does not take --num_iterative_steps"),
+    (["--img_path", "{stroke}", "--prompt", "a", "--num-images", "0"], "--num-images must be >= 1"),
+    (["--method", "text"], "--prompt is required for --method text (without a painting"),
     (["--method", "text", "--prompt", "a", "--strength", "0.5", "--num-loops", "2"],
      "--method text does not take --strength, --num_iterative_steps, --grad_steps_per_iter, --num-loops"),
 ])
@@ -112,7 +115,7 @@ def test_auto_without_stable_diffusion_is_a_clear_message(tmp_path, stroke, monk
     monkeypatch.setattr("gradop.models.TOY_MODEL", tmp_path / "no-toy-model")  # and no toy model to fall back on
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert main(["--img_path", str(stroke), "--prompt", "a", "--output", str(tmp_path / "a.png")]) == 3
+    assert main(["--img_path", str(stroke), "--prompt", "a", "--output", str(tmp_path / "a.png")]) == 2
     err = capsys.readouterr().err
     assert "Stable Diffusion v1.4" in err and "--model tiny" in err and "Traceback" not in err
     assert not (tmp_path / "a.png").exists()
@@ -152,3 +155,94 @@ def test_an_empty_output_is_refused_not_replaced_by_the_default(tmp_path, stroke
     monkeypatch.chdir(tmp_path)
     assert main(TINY + ["--img_path", str(stroke), "--prompt", "a", "--output", ""]) == 2
     assert "--output is empty" in capsys.readouterr().err and not (tmp_path / "outputs").exists()
+
+
+def test_a_model_folder_with_a_damaged_weights_file_is_one_line_and_exit_2(tmp_path, stroke, capsys):
+    """A bad safetensors header was a SafetensorError traceback and exit 1 (issue 34, item 4)."""
+    import shutil
+
+    from gradop.models import TOY_MODEL
+
+    folder = shutil.copytree(TOY_MODEL, tmp_path / "model")
+    (folder / "text_encoder" / "model.safetensors").write_bytes(b"\xff" * 8 + b"not a safetensors header")
+    out = tmp_path / "o.png"
+    assert main(["--model", str(folder), "--method", "sdedit", "--steps", "2", "--img_path", str(stroke),
+                 "--prompt", "a", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith(f"gradop: error: could not load model '{folder}'")
+    assert "SafetensorError" in last and "copy or download the folder again" in last and not out.exists()
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path, stroke):
+    # `gradop ... | head -c0`: stdout closes at once; every image is still made, and no BrokenPipeError traceback
+    out = tmp_path / "piped.png"
+    done = _run_with_closed_stdout([sys.executable, "-m", "gradop", *TINY, "--img_path", str(stroke), "--prompt",
+                                    "a fox", "--num-images", "2", "--batch-size", "1", "--output", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert [PIL.Image.open(tmp_path / f"piped_{i}.png").size for i in range(2)] == [(64, 48)] * 2
+
+
+def _run_with_closed_stdout(command):
+    """Run `command` with its stdout a pipe whose reading end is already closed (as `| head -c0` leaves it)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        os.close(write_end)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_images_written_before(tmp_path, stroke, capsys, monkeypatch):
+    from gradop import runs
+
+    saved = []
+
+    def save_until_full(image, path):
+        if saved:
+            raise OSError(28, "No space left on device", str(path))
+        runs.save_atomically(image, path)
+        saved.append(path)
+
+    monkeypatch.setattr("gradop.cli.save_atomically", save_until_full)
+    out = tmp_path / "full.png"
+    assert main(TINY + ["--img_path", str(stroke), "--prompt", "a fox", "--num-images", "2", "--batch-size", "1",
+                        "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "gradop: error:")
+    assert (tmp_path / "full_0.png").exists() and not (tmp_path / "full_1.png").exists()
+
+
+def test_the_tiny_model_works_a_large_painting_at_its_own_small_size(tmp_path, capsys):
+    big = tmp_path / "big.png"
+    draw_painting(512, 384).save(big)
+    out = tmp_path / "small.png"
+    assert main(TINY + ["--img_path", str(big), "--prompt", "a fox", "--output", str(out)]) == 0
+    assert PIL.Image.open(out).size == (64, 48)  # not 512x384 of noise, minutes on a CPU
+    assert "tiny test model works at 64x64" in capsys.readouterr().err
+
+
+def test_on_a_busy_cpu_torch_uses_the_cores_left_free(monkeypatch):
+    import torch
+
+    from gradop.runs import cpu_threads_for_the_load
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 2.0, 1.0))  # another job keeps ~3 cores busy
+        assert "load 2.6 on 4 cores): using 1 torch thread" in cpu_threads_for_the_load()
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(4)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))  # idle: as torch chose
+        assert cpu_threads_for_the_load() is None and torch.get_num_threads() == 4
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's word wins
+        monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+        assert cpu_threads_for_the_load() is None and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)

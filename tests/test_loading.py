@@ -68,6 +68,16 @@ def test_bad_model_device_dtype():
         load_pipeline("tiny", dtype="fp8")
     with pytest.raises(ValueError, match="device must be"):
         load_pipeline("tiny", device="toaster")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'"):
+        load_pipeline("tiny", device="meta")  # a real torch device, but one that holds no values
+
+
+def test_a_model_index_that_is_not_an_object_names_the_file(tmp_path):
+    """It was "pop expected at most 1 argument" (issue 34, item 16)."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text("[]")
+    with pytest.raises(ModelUnavailableError, match=r"model_index.json holds a JSON list, not an object"):
+        load_pipeline(str(tmp_path / "model"))
 
 
 def test_auto_probing_for_stable_diffusion_keeps_the_libraries_quiet(monkeypatch, capsys):

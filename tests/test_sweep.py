@@ -3,11 +3,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
-from gradop.sweep import expand, finished
+from gradop.sweep import expand, finished, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4 steps: the release's strength 0.8 (the toy's own 0.5 would start the 3-step window past the last step)
@@ -120,3 +122,102 @@ def test_an_output_folder_that_takes_no_file_is_refused_before_the_model_loads(t
     (tmp_path / "grid.json").write_text(json.dumps(spec))
     assert gradop.sweep.main([str(tmp_path / "grid.json"), "--out", str(tmp_path / "out")]) == 2
     assert "--out" in (err := capsys.readouterr().err) and "cannot write there (Permission denied)" in err
+
+
+# ---------------------------------------------------------------- issue 34, items 4, 5, 7 and 16
+TOY_SDEDIT = {"model": "toy", "method": "sdedit", "fixed": {"num_inference_steps": 2, "prompt": "a lake"},
+              "grid": {"painting": GRID["grid"]["painting"], "seed": [0, 1]}}
+
+
+def sweep(tmp_path, spec) -> int:
+    (tmp_path / "grid.json").write_text(json.dumps(spec))
+    return main([str(tmp_path / "grid.json"), "--out", str(tmp_path / "out")])
+
+
+def test_a_model_that_cannot_load_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert sweep(tmp_path, TOY_SDEDIT | {"model": "nonexistent/model-id"}) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert last.startswith("gradop.sweep: error: could not load model 'nonexistent/model-id'")
+    assert "check the id" in last and not list((tmp_path / "out").iterdir())
+
+
+def test_sweeps_sharing_an_output_folder_run_each_job_once(tmp_path, capsys):
+    """Two sweeps on one --out ran every job twice (item 5). A job is claimed while it runs; the claim of a killed
+    sweep goes with it (the operating system drops its lock), so a rerun is never blocked."""
+    out = tmp_path / "out"
+    out.mkdir()
+    held, free = (job["id"] for job in expand(TOY_SDEDIT))
+    holder = subprocess.Popen(  # another sweep, in the middle of job `held`
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from gradop.sweep import claim\n"
+                               "with claim(Path(sys.argv[1]), sys.argv[2]) as mine:\n"
+                               "    print(mine, flush=True); time.sleep(60)", str(out), held],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert sweep(tmp_path, TOY_SDEDIT) == 0
+        assert "1 job(s) left to another sweep" in capsys.readouterr().err
+        assert [line["id"] for line in lines(out)] == [free]
+    finally:
+        holder.kill()  # as kill -9: its claim is not released by its own code
+        holder.wait()
+    assert sweep(tmp_path, TOY_SDEDIT) == 0
+    assert "2 jobs, 1 done, 1 to run" in capsys.readouterr().err
+    assert sorted(line["id"] for line in lines(out)) == sorted([held, free])
+    assert not list(out.glob(".*"))  # no claim left behind
+
+
+def test_a_job_another_sweep_finished_meanwhile_is_not_run_again(tmp_path, capsys, monkeypatch):
+    """A job is checked again once claimed: the other sweep may have finished it since this one started."""
+    assert sweep(tmp_path, TOY_SDEDIT) == 0
+    before, calls = lines(tmp_path / "out"), []
+
+    def as_when_it_started(out):  # this sweep started before the other one finished both jobs
+        calls.append(out)
+        return set() if len(calls) == 1 else finished(out)
+
+    monkeypatch.setattr("gradop.sweep.finished", as_when_it_started)
+    assert sweep(tmp_path, TOY_SDEDIT) == 0
+    assert "2 jobs, 0 done, 2 to run" in capsys.readouterr().err
+    assert lines(tmp_path / "out") == before
+
+
+def test_an_edited_painting_or_prompt_runs_its_job_again(tmp_path, capsys):
+    """A job's id covers the painting file's content and the prompt it resolves to (item 7)."""
+    painting = tmp_path / "p.png"
+    painting.write_bytes(Path(GRID["grid"]["painting"][0]).read_bytes())
+    (tmp_path / "manifest.json").write_text('{"p.png": {"prompt": "a lake"}}')
+    spec = {"model": "toy", "method": "sdedit", "fixed": {"num_inference_steps": 2},
+            "grid": {"painting": [str(painting)]}}
+    assert sweep(tmp_path, spec) == 0 and sweep(tmp_path, spec) == 0
+    assert "1 jobs, 1 done, 0 to run" in capsys.readouterr().err
+    image = PIL.Image.open(painting).convert("RGB")
+    image.putpixel((0, 0), (255, 0, 0))
+    image.save(painting)
+    assert sweep(tmp_path, spec) == 0
+    assert "1 jobs, 0 done, 1 to run" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text('{"p.png": {"prompt": "a lake at night"}}')
+    assert sweep(tmp_path, spec) == 0
+    assert "1 jobs, 0 done, 1 to run" in capsys.readouterr().err
+    assert [line["prompt"] for line in lines(tmp_path / "out")] == ["a lake", "a lake", "a lake at night"]
+
+
+def test_a_folder_named_like_a_results_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "out" / "results-7.jsonl").mkdir(parents=True)
+    assert sweep(tmp_path, TOY_SDEDIT) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("gradop.sweep: error:") and "results-7.jsonl" in err and "move it" in err
+
+
+def test_a_grid_of_a_million_jobs_is_refused_at_once(tmp_path, capsys):
+    """It took 41 s and 1.2 GB before a word (item 16): the size is counted from the lists' lengths first."""
+    start = time.perf_counter()
+    grid = {"painting": GRID["grid"]["painting"], "seed": list(range(1000)), "guidance_scale": list(range(1000))}
+    assert sweep(tmp_path, TOY_SDEDIT | {"grid": grid}) == 2
+    assert time.perf_counter() - start < 2
+    err = capsys.readouterr().err
+    assert "1,000,000 jobs" in err and "split it" in err and not (tmp_path / "out").exists()
