@@ -16,6 +16,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # The names the checks accept; `gradop.optimize.OPTIMIZERS` maps each to its class, and `gradop.painting`'s
 # `get_painting_function` builds each painting function (tests keep the lists in step)
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
+MAX_LR = 1e10  # latents have unit variance: a step of 1e10 is already nothing but overflow
 PAINTING_FUNCTIONS = ("gaussian", "median_palette")
 
 
@@ -41,6 +42,15 @@ def check_positive(value, name: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
+
+
+def check_lr(value, name: str = "lr") -> float:
+    """The descent's step size. Far above any useful step (Adam moves each latent entry by about lr per step, in
+    float32), a huge one overflows inside the optimiser instead of failing cleanly: refused up front."""
+    value = check_positive(value, name)
+    if value > MAX_LR:
+        raise ValueError(f"{name} must be at most {MAX_LR:g} (the release's is 0.1), got {value:g}")
+    return value
 
 
 def check_guidance(value) -> float:
@@ -132,7 +142,22 @@ def check_optimizer(value, name: str = "optimizer"):
                              f"got {value!r}")
     elif not (isinstance(value, type) and issubclass(value, torch.optim.Optimizer)):
         raise TypeError(f"{name} must be a name or a torch.optim.Optimizer class, got {value!r}")
+    else:
+        _check_one_step(value, name)
     return value
+
+
+def _check_one_step(optimizer: type, name: str) -> None:
+    """The descent calls `optimizer(params, lr=lr)` and a plain `step()` on dense gradients: a class that cannot
+    (LBFGS wants a closure, SparseAdam sparse gradients) fails here, before the model runs, not in its first window."""
+    z = torch.zeros(1, requires_grad=True)
+    z.grad = torch.ones(1)
+    try:
+        optimizer([z], lr=0.1).step()
+    except Exception as err:  # noqa: BLE001 — whatever it raises, the descent could not use it
+        raise TypeError(f"{name}={optimizer.__name__} cannot run the latent descent (optimizer(params, lr=lr) then "
+                        f"step() on dense gradients): {type(err).__name__}: {err}; use one of "
+                        f"{sorted(OPTIMIZER_NAMES)}") from None
 
 
 def check_painting_function(value, name: str = "painting_function"):
@@ -171,7 +196,7 @@ ARGUMENT_CHECKS = {
     "num_rounds": _at_least_one, "num_loops": _at_least_one, "num_inference_steps": _at_least_one,
     "num_images_per_prompt": _at_least_one,
     "guidance_scale": lambda value, name: check_guidance(value),
-    "eta": check_finite, "region_weight": check_finite, "lr": check_positive,
+    "eta": check_finite, "region_weight": check_finite, "lr": check_lr,
     "height": check_size, "width": check_size,
     "output_type": lambda value, name: check_output_type(value),
     "optimize_target": check_optimize_target, "optimizer": check_optimizer, "painting_function": check_painting_function,

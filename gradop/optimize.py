@@ -102,28 +102,38 @@ def optimize_latents(
     """Minimise each image's painting loss over its latent; returns (latents, losses[steps, batch]).
 
     Runs in fp32 whatever the models' dtype (`decode` casts). The summed per-image losses keep
-    each image's gradient independent of the batch, so image j of a batch follows exactly the
-    path it would follow alone. A non-finite loss or gradient stops the descent at the last
+    each image's gradient independent of the batch, so image j of a batch follows the path it
+    would follow alone (up to the float rounding of batched arithmetic). A non-finite loss or gradient stops the descent at the last
     finite latent, with a warning.
     """
     z = latents.detach().float().clone().requires_grad_(True)
     goal = painting_function(target.float()) if blur_target else target.float()
     opt = make_optimizer(optimizer, [z], lr)
     history = []
+    last_finite = z.detach().clone()  # the latent whose loss and gradient were last finite
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             painted = painting_function(decode(z))
+            if painted.shape != target.shape:  # [B, H, W] would broadcast against [B, 3, H, W] without a word
+                raise ValueError(f"painting_function returned shape {tuple(painted.shape)} for images of shape "
+                                 f"{tuple(target.shape)}; it must return paintings of the shape it is given")
             per_image = (painted - goal).square().flatten(1).mean(1)  # L(f(D(z)), y) for each image
             per_image.sum().backward()
             if not (torch.isfinite(per_image).all() and torch.isfinite(z.grad).all()):
-                warnings.warn("painting loss or its gradient became non-finite; stopping the latent "
-                              "optimisation early (try float32 or bfloat16 models, or a lower lr)", stacklevel=2)
-                break
+                warnings.warn("painting loss or its gradient became non-finite; stopping the latent optimisation at "
+                              "the last finite latent (lower lr; with float16 models, use float32 or bfloat16)",
+                              stacklevel=2)
+                return last_finite, _stacked(history, latents)
             history.append(per_image.detach().float().cpu())
+            last_finite = z.detach().clone()
             opt.step()
-    losses = torch.stack(history) if history else torch.zeros(0, latents.shape[0])
-    return z.detach(), losses
+    # the last step's latent is never decoded (N decoder passes, as released); an overflow there shows anyway
+    return (z.detach() if torch.isfinite(z).all() else last_finite), _stacked(history, latents)
+
+
+def _stacked(history: list, latents: torch.Tensor) -> torch.Tensor:
+    return torch.stack(history) if history else torch.zeros(0, latents.shape[0])
 
 
 # ---------------------------------------------------------------------- the decoder inside the loss
@@ -216,6 +226,8 @@ class PaintingGuide:
             optimized, losses = optimize_latents(start, self.target, lambda z: decode_for_loss(self.decoder, z),
                                                  self.painting_function, self.grad_steps, self.lr, self.optimizer,
                                                  self.blur_target)
+        if not self.freeze_decoder:  # the release's weight gradients change nothing; don't leave them on the model
+            self.decoder.zero_grad(set_to_none=True)
         self.loss_history.append(losses)
         return optimized
 

