@@ -179,7 +179,7 @@ def bind_regions(regions, prompts: list[str], tokenizer, paintings: list, names:
                 near = difflib.get_close_matches(region.phrase, prompt.split(), n=1)
                 raise ValueError(f"regions: the phrase {region.phrase!r} (colour {to_hex(region.color)}) is not "
                                  f"whole words of the prompt {prompt!r}"
-                                 + (f"; did you mean {near[0]!r}?" if near else f", whose words are {prompt.split()}")
+                                 + (f"; did you mean {near[0]!r}?" if near else f", whose words are {prompt.split()}.")
                                  + " Bind words of the prompt, or add the phrase to it")
             tokens[p, k, positions] = 1
 
