@@ -104,14 +104,16 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             status = page.get_by_text(re.compile(r"^\d+ stroke\(s\), \d+ points")).first
             before = int(status.inner_text().split()[0])
 
+            page.locator("button[title^='sun']").click()  # the palette's sun; the notebook left the brush at 28
             canvas = page.locator(".jp-OutputArea canvas").last  # the top layer takes the mouse
             canvas.scroll_into_view_if_needed()
             box = canvas.bounding_box()
-            x0, y0 = box["x"] + 0.15 * box["width"], box["y"] + 0.3 * box["height"]
-            page.mouse.move(x0, y0)
+            # a sun low on the left, over the mountains, where the prompt alone never puts it: a small zig-zag blob
+            sun = [(0.12 + 0.03 * (k % 3), 0.30 + 0.02 * k) for k in range(6)]
+            page.mouse.move(box["x"] + sun[0][0] * box["width"], box["y"] + sun[0][1] * box["height"])
             page.mouse.down()
-            for k in range(1, 11):
-                page.mouse.move(x0 + 0.06 * k * box["width"], y0 + 0.02 * k * box["height"])
+            for fx, fy in sun[1:]:
+                page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=3)
             page.mouse.up()
             page.get_by_text(re.compile(rf"^{before + 1} stroke\(s\)")).first.wait_for(timeout=60_000)
             # the panel's status no longer shows the comparison's run as if it were of this painting
@@ -124,6 +126,7 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             done.wait_for(timeout=120_000)
             output = page.locator(".jp-OutputArea img.widget-image").first
             assert output.evaluate("img => img.complete && img.naturalWidth") > 0
+            check_the_result_follows_the_sun(output, sun)
             page.screenshot(path=str(artifacts / "browser_scribble_pad.png"), full_page=True)
             # the pad and the panel after the run, side by side: what notebook 5 shows in place of live widgets
             import PIL.Image
@@ -145,6 +148,26 @@ def test_draw_a_stroke_and_generate_in_jupyterlab(jupyterlab):
             raise
         finally:
             browser.close()
+
+
+def check_the_result_follows_the_sun(output, sun):
+    """The large image is yellow where the sun was drawn (the screenshot's point: a drawn stroke the result follows).
+    Its pixels are read in the page (the widget's src is a blob: URL)."""
+    import numpy as np
+
+    drawn = np.array(output.evaluate("""(img, box) => {
+        const canvas = document.createElement("canvas");
+        canvas.width = img.naturalWidth, canvas.height = img.naturalHeight;
+        const context = canvas.getContext("2d");
+        context.drawImage(img, 0, 0);
+        const [x0, y0, x1, y1] = box.map((f, i) => Math.round(f * (i % 2 ? img.naturalHeight : img.naturalWidth)));
+        const data = context.getImageData(x0, y0, x1 - x0 + 1, y1 - y0 + 1).data;
+        const mean = [0, 0, 0];
+        for (let i = 0; i < data.length; i += 4) for (let c = 0; c < 3; c++) mean[c] += data[i + c] / (data.length / 4);
+        return mean.map(v => v / 255);
+    }""", [min(x for x, _ in sun), min(y for _, y in sun), max(x for x, _ in sun), max(y for _, y in sun)]))
+    sun_colour = np.array([0xff, 0xe1, 0x6e]) / 255
+    assert np.linalg.norm(drawn - sun_colour) < 0.25, f"no sun where it was drawn: mean colour {drawn.round(2)}"
 
 
 def check_the_widgets_read_whole(page):
