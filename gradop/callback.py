@@ -169,6 +169,7 @@ class PaintingCallback(PipelineCallback):
         timesteps = run_timesteps(pipeline, first_timestep)
         window = self.window(len(timesteps))
         check_window(window, len(timesteps))
+        check_restartable(pipeline.scheduler, window)
         checks.check_generator(self.generator, len(latents))  # a list must hold one per image of the run
         factor = pipeline.vae_scale_factor
         size = (latents.shape[-2] * factor, latents.shape[-1] * factor)

@@ -115,9 +115,7 @@ def optimize_latents(
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             painted = painting_function(decode(z))
-            if painted.shape != target.shape:  # [B, H, W] would broadcast against [B, 3, H, W] without a word
-                raise ValueError(f"painting_function returned shape {tuple(painted.shape)} for images of shape "
-                                 f"{tuple(target.shape)}; it must return paintings of the shape it is given")
+            _check_painted(painted, target)
             per_image = (painted - goal).square().flatten(1).mean(1)  # L(f(D(z)), y) for each image
             per_image.sum().backward()
             if not (torch.isfinite(per_image).all() and torch.isfinite(z.grad).all()):
@@ -130,6 +128,21 @@ def optimize_latents(
             opt.step()
     # the last step's latent is never decoded (N decoder passes, as released); an overflow there shows anyway
     return (z.detach() if torch.isfinite(z).all() else last_finite), _stacked(history, latents)
+
+
+def _check_painted(painted, images: torch.Tensor) -> None:
+    """f(D(z)) must be paintings like its input: a float tensor of the same shape and device, differentiable in it
+    ([B, H, W] would broadcast against the target without a word; a detached or integer one stops the gradient)."""
+    if not isinstance(painted, torch.Tensor):
+        raise TypeError(f"painting_function must return a tensor, got {type(painted).__name__}")
+    if painted.shape != images.shape or painted.device != images.device:
+        raise ValueError(f"painting_function returned shape {tuple(painted.shape)} on {painted.device} for images of "
+                         f"shape {tuple(images.shape)} on {images.device}; it must return paintings of the shape and "
+                         "device it is given")
+    if not (painted.is_floating_point() and painted.requires_grad):
+        raise TypeError(f"painting_function returned a {painted.dtype} tensor"
+                        f"{'' if painted.requires_grad else ' without a gradient'}: it must return floating-point "
+                        "paintings computed from its input by differentiable operations (no detach, no integer casts)")
 
 
 def _stacked(history: list, latents: torch.Tensor) -> torch.Tensor:

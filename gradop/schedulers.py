@@ -82,10 +82,15 @@ def settle_restart(scheduler) -> None:
         scheduler.counter, scheduler.cur_sample = 2, None
 
 
-def check_restartable(scheduler) -> None:
-    """A clear error for a scheduler whose history GradOP+ cannot restart (instead of silently weaker guidance)."""
-    keeps = [name for name in ("derivatives", "ets") if hasattr(scheduler, name)]
+def check_restartable(scheduler, window: range | None = None) -> None:
+    """A clear error for a scheduler whose history GradOP+ cannot restart (instead of silently weaker guidance):
+    LMS (`derivatives`), iPNDM (`ets`), the singlestep DPM-Solver (its second stage rebuilds from the sample before
+    the window), and PNDM with a window right after its first step, which PLMS repeats."""
+    name = type(scheduler).__name__
+    keeps = [attribute for attribute in ("derivatives", "ets", "order_list") if hasattr(scheduler, attribute)]
     if keeps and not isinstance(scheduler, PNDMScheduler):
-        raise ValueError(f"{type(scheduler).__name__} extrapolates from its earlier steps ({keeps[0]}), which GradOP+ "
-                         "cannot restart after it replaces the sample: use one of "
-                         f"{sorted(SCHEDULERS)} (gradop.schedulers.make_scheduler)")
+        raise ValueError(f"{name} builds its steps from earlier ones ({keeps[0]}), which GradOP+ cannot restart after "
+                         f"it replaces the sample: use one of {sorted(SCHEDULERS)} (gradop.schedulers.make_scheduler)")
+    if isinstance(scheduler, PNDMScheduler) and window is not None and 0 in window:
+        raise ValueError("PNDM's first two steps are one (PLMS repeats its first timestep), so GradOP+ cannot optimise "
+                         "after step 0: lower strength so the window starts later, or use another scheduler")

@@ -325,6 +325,7 @@ class ScribblePad(widgets.VBox):
             background = _read_background(data.get("background"), self.size)
         except (ValueError, KeyError, TypeError, OverflowError) as err:
             reason = f"a stroke or the file lacks the field {err}" if isinstance(err, KeyError) else err
+            reason = str(reason) if len(str(reason)) <= 300 else str(reason)[:297] + "..."  # not megabytes of input
             raise ValueError(f"text is not a stroke history written by ScribblePad.to_json: {reason}") from None
         self.bindings.update(bindings)
         self._change(strokes, self._blank if background is None else background)

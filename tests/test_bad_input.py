@@ -179,11 +179,17 @@ def test_an_optimizer_class_the_descent_cannot_step_fails_before_the_run(pipe, p
         GradOPPipeline.check_inputs("gradop_plus", "a castle", image=painting, optimizer=optimizer)
 
 
-def test_a_painting_function_that_drops_the_channels_is_an_error(pipe, painting):
-    # [B, H, W] against the [B, 3, H, W] target broadcast silently to a wrong loss
-    with pytest.raises(ValueError, match=r"painting_function returned shape \(1, 64, 64\) for images of shape "
-                                         r"\(1, 3, 64, 64\)"):
-        plus(pipe, painting, painting_function=lambda images: images.mean(1))
+@pytest.mark.parametrize("function, error, message", [
+    (lambda images: images.mean(1), ValueError, r"returned shape \(1, 64, 64\) on cpu for images of shape \(1, 3, 64"),
+    (lambda images: images.detach(), TypeError, "without a gradient"),
+    (lambda images: images > 0.5, TypeError, "torch.bool tensor"),
+    (lambda images: images.detach().numpy(), TypeError, "must return a tensor, got ndarray"),
+    (lambda images: None, TypeError, "must return a tensor, got NoneType"),
+])
+def test_a_painting_function_that_returns_no_painting_is_an_error(pipe, painting, function, error, message):
+    # [B, H, W] broadcast silently against the [B, 3, H, W] target; the others failed deep inside torch
+    with pytest.raises(error, match=f"painting_function {message}" if "must" in message else message):
+        plus(pipe, painting, painting_function=function)
 
 
 def test_negative_guidance(pipe, painting):

@@ -5,6 +5,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, EulerDiscreteScheduler,
+                       DPMSolverSinglestepScheduler,
                        StableDiffusionPipeline, StableDiffusionXLPipeline)
 from diffusers.callbacks import MultiPipelineCallbacks, SDXLCFGCutoffCallback
 
@@ -198,6 +199,10 @@ def test_bad_pipelines_and_paintings(sdxl):
     lms_like.derivatives = []
     with pytest.raises(ValueError, match="cannot restart.*ddim"):
         callback.check_pipeline(StableDiffusionXLPipeline(**{**tiny_sdxl_components(), "scheduler": lms_like}))
+    # the singlestep DPM-Solver's second stage rebuilds from the sample before the window
+    singlestep = DPMSolverSinglestepScheduler.from_config(sdxl.scheduler.config)
+    with pytest.raises(ValueError, match="DPMSolverSinglestepScheduler builds its steps from earlier ones"):
+        callback.check_pipeline(StableDiffusionXLPipeline(**{**tiny_sdxl_components(), "scheduler": singlestep}))
     with pytest.raises(ValueError, match="optimize_target='noisy'"):
         PaintingCallback(painting(), optimize_target="x0").check_pipeline(sdxl)
     with pytest.raises(ValueError, match="must end before the last step"):

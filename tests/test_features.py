@@ -291,3 +291,13 @@ def test_a_callback_that_returns_another_shape_is_a_clear_error(pipe, painting):
     with pytest.raises(ValueError, match="returned 'latents' of shape list"):
         run(pipe, "sdedit", painting, generator=gen(0), callback_on_step_end=lambda p, i, t, tensors: {"latents": [1]})
     assert np.isfinite(run(pipe, "sdedit", painting, generator=gen(0)).images).all()  # usable afterwards
+
+
+def test_pndm_refuses_a_window_right_after_its_first_step(painting):
+    # PLMS repeats its first timestep: a window after step 0 made the next two steps both start at 665 (one skipped)
+    pipe = GradOPPipeline(**tiny_components(scheduler="pndm"))
+    with pytest.raises(ValueError, match="PNDM's first two steps are one"):
+        pipe.gradop_plus("a cat", painting, strength=0.9, num_iterative_steps=1, grad_steps_per_iter=2,
+                         num_inference_steps=6)
+    pipe.gradop_plus("a cat", painting, strength=0.7, num_iterative_steps=1, grad_steps_per_iter=2,
+                     num_inference_steps=6)  # a window after step 1 is fine

@@ -424,3 +424,12 @@ def test_after_compare_the_large_image_is_the_selected_method(panel):
     sdedit = images[list(panel.method.options).index("SDEdit")]
     np.testing.assert_array_equal(np.asarray(shown), np.asarray(sdedit.resize(shown.size, PIL.Image.NEAREST)))
     assert "SDEdit" in panel.status.value
+
+
+def test_a_huge_bad_history_gives_a_short_error():
+    import json as json_module
+
+    text = json_module.dumps({"version": 1, "size": [256, 256], "strokes": {str(i): i for i in range(200_000)}})
+    with pytest.raises(ValueError) as caught:
+        ScribblePad().from_json(text)
+    assert len(str(caught.value)) < 500  # it once echoed 3.4 million characters of the input
