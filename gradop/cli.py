@@ -188,7 +188,8 @@ def generate(args, method, settings, painting, prompt, paths) -> list[Path]:
     from .models import is_toy_model, load_pipeline
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
-    threads = cpu_threads_for_the_load() if pipe.device.type == "cpu" else None
+    # only for a process of its own: called from Python (tests, notebooks), the choice would outlive the call
+    threads = cpu_threads_for_the_load() if pipe.device.type == "cpu" and getattr(args, "own_process", False) else None
     if threads:
         print(f"gradop: {threads}", file=sys.stderr)
     settings["height"], settings["width"] = painting_size(pipe, painting, args.height, args.width)
@@ -228,6 +229,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.own_process = argv is None  # the `gradop` command, not a call from Python
     from .models import ModelUnavailableError
 
     try:

@@ -263,6 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("grid", type=Path, help="the sweep's JSON file")
     p.add_argument("--out", type=Path, required=True, help="folder for images and results-*.jsonl")
     args = p.parse_args(argv)
+    args.own_process = argv is None  # `python -m gradop.sweep`, not a call from Python
     try:
         return _sweep(args)
     except KeyboardInterrupt:  # finished images and lines are whole; a rerun does the rest
@@ -314,7 +315,9 @@ def _sweep(args) -> int:
         except ModelUnavailableError as err:
             print(f"gradop.sweep: error: {err}", file=sys.stderr)
             return 2
-        threads = cpu_threads_for_the_load() if pipe.device.type == "cpu" else None
+        # only for a process of its own: called from Python (tests, notebooks), the choice would outlive the call
+        threads = (cpu_threads_for_the_load()
+                   if pipe.device.type == "cpu" and getattr(args, "own_process", False) else None)
         if threads and state.is_main_process:
             print(f"gradop.sweep: {threads}", file=sys.stderr)
         pipe.set_progress_bar_config(disable=True)
