@@ -71,7 +71,9 @@ def test_image_grid_lays_out_rows_and_titles():
     axes = fig.axes
     assert len(axes) == 4 and axes[0].get_title() == "x" and axes[2].get_ylabel() == "b"
     assert axes[0].images[0].get_array()[0, 0].tolist() == [1.0, 0.0, 0.0]
-    assert not axes[3].axison  # the missing image leaves an empty cell
+    assert not axes[3].images and not any(s.get_visible() for s in axes[3].spines.values())  # a gap: empty, unframed
+    gap_first = image_grid([[None, red]], row_titles=["r"]).axes[0]
+    assert gap_first.axison and gap_first.get_ylabel() == "r"  # a row that starts with a gap keeps its title visible
 
 
 def test_timed_runs_once_to_warm_up_then_repeats():
