@@ -175,10 +175,12 @@ def image_grid(rows, row_titles=None, col_titles=None, scale: float = 2.0, title
     return fig
 
 
-def report_rows(*starts: str, report: str = "reports/toy/report.md", section: str | None = None) -> str:
+def report_rows(*starts: str, report: str = "reports/toy/report.md", section: str | None = None,
+                without: tuple[str, ...] = ()) -> str:
     """The lines of a markdown report of the repository (the toy's by default) that begin with one of `starts`,
     e.g. `report_rows("| method", "| GradOP+ N=12 |")` for a table's header and one row; with `section` (a
-    heading's start, "## Free-form"), only the lines under that heading, up to the next heading of its level."""
+    heading's start, "## Free-form"), only the lines under that heading, up to the next heading of its level;
+    `without` names columns to leave out (e.g. a timing column that means nothing to a reader)."""
     lines = find_in_checkout(report).read_text().splitlines()
     if section is not None:
         level = section.split(" ")[0] + " "
@@ -187,7 +189,17 @@ def report_rows(*starts: str, report: str = "reports/toy/report.md", section: st
             raise ValueError(f"{report} has no heading starting with {section!r}")
         end = next((i for i in range(heads[0] + 1, len(lines)) if lines[i].startswith(level)), len(lines))
         lines = lines[heads[0] + 1:end]
-    return "\n".join(line for line in lines if line.startswith(starts))
+    kept = [line for line in lines if line.startswith(starts)]
+    dropped, width = [], None  # the `without` columns' cell indices in the table under way, and its cell count
+    for i, line in enumerate(kept):
+        cells = line.split("|")
+        names = [c.strip() for c in cells]
+        if any(name in names for name in without):  # a header naming one: it decides for the rows of its table
+            dropped, width = [names.index(name) for name in without if name in names], len(cells)
+        elif len(cells) != width:  # a line of another table
+            dropped, width = [], None
+        kept[i] = "|".join(c for j, c in enumerate(cells) if j not in dropped)
+    return "\n".join(kept)
 
 
 def hero_figure(panels: dict, scale: float = 3.4, title: str | None = None):

@@ -159,3 +159,13 @@ def test_report_rows_can_keep_to_one_section(tmp_path):
     assert report_rows("| method", "| text only", report=str(report), section="## B") == "| method | y |\n| text only | 2 |"
     with pytest.raises(ValueError, match="no heading starting with '## C'"):
         report_rows("| method", report=str(report), section="## C")
+
+
+def test_report_rows_can_leave_out_a_column(tmp_path):
+    from gradop.notebook import report_rows
+
+    report = tmp_path / "r.md"
+    report.write_text("| method | d | seconds |\n|---|---|---|\n| SDEdit | 0.1 | 3 |\n| two | columns |\n")
+    assert report_rows("| method", "|---", "| SDEdit", "| two", report=str(report), without=("seconds",)) == \
+        "| method | d |\n|---|---|\n| SDEdit | 0.1 |\n| two | columns |"  # another table's line is left whole
+    assert report_rows("| SDEdit", report=str(report), without=("seconds",)) == "| SDEdit | 0.1 | 3 |"  # no header
