@@ -16,11 +16,11 @@ import torch
 
 from gradop.metrics import painting_distance, realism, regions_kept
 from gradop.models import load_pipeline
-from gradop.notebook import hero_figure, load_toy_judge, to_batch
+from gradop.notebook import hero_figure, load_examples, load_toy_judge, to_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 PAINTING = ROOT / "input-images" / "toy" / "lake_mountains.png"
-PROMPT = "a photo of a lake and snowy mountains and a meadow under the sun"  # its manifest's prompt
+PROMPT = next(e.prompt for e in load_examples(PAINTING.parent) if e.name == PAINTING.stem)  # its manifest's, as the command reads it
 
 with tempfile.TemporaryDirectory() as work:
     subprocess.run(["gradop", "--img_path", str(PAINTING)], cwd=work, check=True)
