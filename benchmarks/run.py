@@ -10,6 +10,11 @@
     python benchmarks/run.py --config sdxl-arch --device cuda --decoder-memory --size 1024   # one decoder step at 1024²
     python benchmarks/run.py --config sdxl-arch --decoder-memory --size 1024 --memory-only \
         --only '+ decoder checkpointing' '+ tiled decoding' 'painting decoder'   # CPU, 24 GB: the plain row does not fit
+    python benchmarks/run.py --config sd3-arch --quick                 # SD3 Medium's widths, 4 of 24 layers, no T5, 256² (CPU)
+    python benchmarks/run.py --config sd3-arch --device cuda           # SD3 Medium (with T5-XXL), 1024², 28 steps, fp16
+    python benchmarks/run.py --config flux-arch --quick                # FLUX.1-dev's widths, 2+4 of 19+38 blocks, 256² (CPU)
+    python benchmarks/run.py --config flux-arch --device cuda --dtype bf16   # FLUX.1-dev, 1024², 28 steps
+    python benchmarks/run.py --config flux-arch --decoder-memory --size 1024 --memory-only   # the 16-channel VAE
 
 Every variant runs on the same prompt, painting and seed: a warm-up (see `measure`), then `--repeats` rounds over
 all variants (interleaved, so that drifting machine speed hits every row alike), and the median. Peak memory is
@@ -35,6 +40,16 @@ On a CPU the UNet's and text encoders' weights are stored in bfloat16 and comput
 arithmetic: a bfloat16 matmul is 65x slower than float32). With `--decoder-memory` only the VAE (and the
 TAESD-XL-architecture decoder) is built, float32 on a CPU, float16 on a GPU (where SDXL's VAE, `force_upcast`,
 decodes in float32 anyway).
+
+sd3-arch and flux-arch are Stable Diffusion 3 Medium's and FLUX.1-dev's architectures (MMDiT transformers over
+16-channel latents, random weights) through `gradop.CallbackPipeline` on their own flow-matching Euler sampler
+(28 steps by default, as their model cards use), with the rows of sdxl-arch; their painting decoder is TAESD3's /
+TAEF1's architecture (`AutoencoderTiny` with 16 latent channels). A full-size FLUX.1-dev (12B) or SD3 Medium with
+T5-XXL does not fit in this machine's 24 GB beside a run, and takes minutes per step on 2 cores: `--quick` keeps
+every width and cuts the depth (SD3: 4 of 24 joint blocks, T5 left out as SD3 allows; FLUX: 2 of 19 double- and 4
+of 38 single-stream blocks, T5-XXL with 2 of 24 layers), so the denoiser's share of a run is smaller than at full
+depth and GradOP+'s ratio to text2img is larger than it would be: an upper bound. The GPU commands build the full
+models.
 """
 from __future__ import annotations
 
@@ -206,13 +221,115 @@ def sdxl_arch_pipeline(dtype=torch.float32, storage: torch.dtype | None = None):
     return CallbackPipeline(xl)
 
 
-def load(config: str, device: str, dtype=torch.float32, storage=None):
+FLOW_VAE_SCALING = {"sd3-arch": (1.5305, 0.0609), "flux-arch": (0.3611, 0.1159)}  # (scaling, shift) of their VAEs
+
+
+def flow_arch_vae(config: str):
+    """SD3's and FLUX's VAE: SDXL's decoder widths over 16 latent channels, no quant convs, their scaling and shift."""
+    from diffusers import AutoencoderKL
+
+    scaling, shift = FLOW_VAE_SCALING[config]
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
+        scaling_factor=scaling, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False).eval()
+
+
+def t5_xxl(layers: int = 24):
+    """T5 v1.1 XXL's encoder (4.7B at 24 layers), random weights."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=layers,
+                                   num_heads=64, feed_forward_proj="gated-gelu", is_gated_act=True,
+                                   dense_act_fn="gelu_new", pad_token_id=0, eos_token_id=1)).eval()
+
+
+def clip_towers(tokenizer):
+    """CLIP ViT-L/14's and OpenCLIP ViT-bigG/14's text towers (with projections), random weights."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    special = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
+                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    large = lambda: CLIPTextModelWithProjection(CLIPTextConfig(  # noqa: E731
+        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+        hidden_act="quick_gelu", projection_dim=768, **special))
+    big_g = lambda: CLIPTextModelWithProjection(CLIPTextConfig(  # noqa: E731
+        hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, hidden_act="gelu",
+        projection_dim=1280, **special))
+    return large, big_g
+
+
+def flow_arch_pipeline(config: str, dtype=torch.float32, storage: torch.dtype | None = None, quick: bool = False):
+    """Stable Diffusion 3 Medium's or FLUX.1-dev's architecture, random weights, in a `gradop.CallbackPipeline` on
+    the flow-matching Euler sampler (shift 3 for SD3; FLUX's resolution-dependent shift). `quick`: every width, fewer
+    layers (see the module's notes). `storage` as in `sdxl_arch_pipeline`."""
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
+                           SD3Transformer2DModel, StableDiffusion3Pipeline)
+
+    from gradop import CallbackPipeline
+    from gradop.testing import tiny_t5_tokenizer, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()  # no hub tokenizers offline; the encoders keep their full vocabularies
+    large, big_g = clip_towers(tokenizer)
+    if config == "sd3-arch":
+        builders = {
+            "text_encoder": large, "text_encoder_2": big_g, "vae": lambda: flow_arch_vae(config),
+            "transformer": lambda: SD3Transformer2DModel(  # SD3 Medium: 24 joint blocks of 24 heads x 64, 2B
+                sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=4 if quick else 24,
+                attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                pooled_projection_dim=2048, pos_embed_max_size=192),
+        }
+        if not quick:
+            builders["text_encoder_3"] = t5_xxl
+    else:
+        builders = {
+            "text_encoder": lambda: _clip_l_plain(tokenizer),
+            "text_encoder_2": lambda: t5_xxl(2 if quick else 24), "vae": lambda: flow_arch_vae(config),
+            "transformer": lambda: FluxTransformer2DModel(  # FLUX.1-dev: 19 double + 38 single blocks, 24 heads x 128
+                patch_size=1, in_channels=64, num_layers=2 if quick else 19, num_single_layers=4 if quick else 38,
+                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        }
+    models = {}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(offset)
+        stored = storage not in (None, dtype) and name != "vae"
+        with default_dtype(storage if stored else dtype):
+            models[name] = build().eval()
+        if stored:
+            store_weights(models[name], storage, dtype)
+    if config == "sd3-arch":
+        t5 = models.pop("text_encoder_3", None)
+        pipe = StableDiffusion3Pipeline(**models, tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(),
+                                        text_encoder_3=t5, tokenizer_3=tiny_t5_tokenizer() if t5 is not None else None,
+                                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                    base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
+        pipe = FluxPipeline(**models, tokenizer=tokenizer, tokenizer_2=tiny_t5_tokenizer(), scheduler=scheduler)
+    return CallbackPipeline(pipe)
+
+
+def _clip_l_plain(tokenizer):
+    """CLIP ViT-L/14's text tower without projection (FLUX reads its pooled output)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5, hidden_size=768, intermediate_size=3072,
+        num_attention_heads=12, num_hidden_layers=12, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def load(config: str, device: str, dtype=torch.float32, storage=None, quick=False):
     from gradop import load_pipeline
 
     if config == "toy":
         pipe = load_pipeline("toy", device="cpu", verbose=False)
     elif config == "sdxl-arch":
         pipe = sdxl_arch_pipeline(dtype, storage)
+    elif config in FLOW_VAE_SCALING:
+        pipe = flow_arch_pipeline(config, dtype, storage, quick)
     else:
         pipe = sd_arch_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -226,6 +343,8 @@ def load_vae(config: str, device: str):
         return pipe.vae.to(device), pipe.vae_scale_factor
     if config == "sdxl-arch":
         return sdxl_arch_vae().to(device), 8
+    if config in FLOW_VAE_SCALING:
+        return flow_arch_vae(config).to(device), 8
     torch.manual_seed(0)
     return sd_arch_vae().eval().to(device), 8
 
@@ -265,12 +384,13 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
     decoding (diffusers' `enable_tiling` with that size); `compile_models`: torch.compile the UNet and decoder."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    saved_unet, saved_dtype = pipe.unet, pipe.dtype
+    saved_unet, saved_dtype = getattr(pipe, "unet", None), pipe.dtype  # SD3 and FLUX: a transformer, left as it is
     saved_tiles = pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size
-    saved_processors = [(model, dict(model.attn_processors)) for model in (pipe.unet, pipe.vae)]
+    models = [m for m in (saved_unet, pipe.vae) if m is not None]
+    saved_processors = [(model, dict(model.attn_processors)) for model in models]
     if pipe.dtype != dtype:
         pipe.to(dtype=dtype)
-    for model in (pipe.unet, pipe.vae):
+    for model in models:
         model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if checkpointing:
@@ -280,7 +400,7 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
         pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size = tile, tile * pipe.vae_scale_factor
     decoder = pipe.vae.decoder
     saved_blocks = decoder.mid_block, list(decoder.up_blocks)
-    if compile_models:
+    if compile_models and saved_unet is not None:
         pipe.unet = _COMPILED.setdefault(pipe.unet, torch.compile(pipe.unet))
         # The decoder block by block: compiled whole, diffusers' `Decoder` gives its input a zero gradient
         # (torch 2.13, CPU; tests/test_performance.py checks the blocks' gradient)
@@ -290,7 +410,8 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
     try:
         yield pipe
     finally:
-        pipe.unet = saved_unet
+        if saved_unet is not None:
+            pipe.unet = saved_unet
         decoder.mid_block = saved_blocks[0]
         for i, block in enumerate(saved_blocks[1]):
             decoder.up_blocks[i] = block
@@ -331,8 +452,8 @@ def decoder_configured(vae, dtype, scale_factor: int, checkpointing=False, tile=
 def variants(fast_dtype, pipe, tile: int, with_compile: bool, config: str = "sd-arch"):
     """name -> (method, configuration, painting decoder). The "+ X" rows change one thing from "released".
     painting decoder: "full" (the VAE, as released), "model" (the pipeline's default) or "surrogate".
-    sdxl-arch: the rows that apply to SDXL (no released configuration; see the module's notes)."""
-    if config == "sdxl-arch":
+    sdxl-arch, sd3-arch, flux-arch: the rows that apply to them (no released configuration; see the module's notes)."""
+    if config in ("sdxl-arch", *FLOW_VAE_SCALING):
         default = dict(dtype=fast_dtype, freeze_decoder=True, sdpa=True)
         return {
             "text2img": ("text2img", default, None),
@@ -421,11 +542,16 @@ def surrogate_decoder(config: str, device):
         return load_painting_decoder("toy", device=device)  # distilled from the toy VAE
     torch.manual_seed(0)
     with default_dtype(torch.float32):
+        if config in FLOW_VAE_SCALING:  # TAESD3's and TAEF1's: the same, over 16 latent channels
+            scaling, shift = FLOW_VAE_SCALING[config]
+            return AutoencoderTiny(latent_channels=16, scaling_factor=scaling, shift_factor=shift).to(device).eval()
         return AutoencoderTiny().to(device).eval()  # TAESD's (and TAESD-XL's) default configuration
 
 
 SURROGATE_NAME = {"toy": "painting decoder (bundled, distilled)", "sd-arch": "painting decoder (TAESD's architecture)",
-                  "sdxl-arch": "painting decoder (TAESD-XL's architecture)"}
+                  "sdxl-arch": "painting decoder (TAESD-XL's architecture)",
+                  "sd3-arch": "painting decoder (TAESD3's architecture)",
+                  "flux-arch": "painting decoder (TAEF1's architecture)"}
 
 
 def run_once(pipe, row, args, target, surrogate, batch: int):
@@ -536,12 +662,13 @@ def decoder_memory(vae, scale_factor: int, surrogate, rows: dict, args, dtype) -
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", choices=["toy", "sd-arch", "sdxl-arch"], default="toy")
+    p.add_argument("--config", choices=["toy", "sd-arch", "sdxl-arch", "sd3-arch", "flux-arch"], default="toy")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="sd-arch/sdxl-arch on a CPU: 256², 10 steps, N=4")
+    p.add_argument("--quick", action="store_true", help="the -arch configs on a CPU: 256², 10 steps, N=4 (sd3-arch, "
+                                                        "flux-arch: fewer layers too)")
     p.add_argument("--size", type=int, default=None,
-                   help="image side (toy 64, sd-arch 512, sdxl-arch 1024, quick 256)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (50; quick 10)")
+                   help="image side (toy 64, sd-arch 512, sdxl-arch, sd3-arch and flux-arch 1024, quick 256)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (50; sd3-arch, flux-arch 28; quick 10)")
     p.add_argument("--grad-steps", type=int, default=None, help="N, gradient steps per window (12; quick 4)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--batches", type=int, nargs="*", help="images per second at these batch sizes instead (e.g. 1 4 8)")
@@ -565,16 +692,18 @@ def main(argv=None) -> int:
     p.add_argument("--peaks-only", action="store_true", help=argparse.SUPPRESS)  # the child of cpu_peaks
     args = p.parse_args(argv)
     args.load_start = os.getloadavg()[0]  # other processes' load on this machine shows in the timings
-    quick = args.quick and args.config in ("sd-arch", "sdxl-arch")
+    flow = args.config in FLOW_VAE_SCALING
+    quick = args.quick and args.config != "toy"
     args.size = args.size or (64 if args.config == "toy" else 256 if quick else
-                              1024 if args.config == "sdxl-arch" else 512)
-    args.steps = args.steps or (10 if quick else 50)
+                              1024 if args.config in ("sdxl-arch", *FLOW_VAE_SCALING) else 512)
+    args.steps = args.steps or (10 if quick else 28 if flow else 50)
     args.grad_steps = args.grad_steps if args.grad_steps is not None else (4 if quick else 12)
     device = torch.device(args.device)
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     fast = dtypes[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
-    args.weights = args.weights or ("bf16" if args.config == "sdxl-arch" and device.type == "cpu" else "same")
-    storage = None if args.weights == "same" or args.config != "sdxl-arch" else dtypes[args.weights]
+    large = args.config in ("sdxl-arch", *FLOW_VAE_SCALING)
+    args.weights = args.weights or ("bf16" if large and device.type == "cpu" else "same")
+    storage = None if args.weights == "same" or not large else dtypes[args.weights]
     argv = list(sys.argv[1:] if argv is None else argv)
     # default tiles: 2x2 tiles overlapping by a quarter tile; a multiple of 4, which diffusers' tiled decode needs
     default_tile = lambda factor: args.tile or 4 * math.ceil(0.6 * args.size / factor / 4)  # noqa: E731
@@ -600,7 +729,7 @@ def main(argv=None) -> int:
             results = {name: (seconds, peaks[name]) for name, (seconds, _) in results.items()}
         table = decoder_report(args, device, fast, results, argv)
     else:
-        pipe = load(args.config, args.device, fast if args.config == "sdxl-arch" else torch.float32, storage)
+        pipe = load(args.config, args.device, fast if large else torch.float32, storage, quick)
         args.tile = default_tile(pipe.vae_scale_factor)
         target = painting(args.size)
         surrogate = surrogate_decoder(args.config, pipe.device)

@@ -2,8 +2,8 @@
 
 GradOP+ needs three things from a sampler: a decoder, a way to put a clean latent back at noise level t, and a
 loop whose latents can be replaced between steps. diffusers' `callback_on_step_end` gives the third to every
-text-to-image pipeline, so GradOP+ plugs into an unmodified `StableDiffusionPipeline` or
-`StableDiffusionXLPipeline`:
+text-to-image pipeline, so GradOP+ plugs into an unmodified `StableDiffusionPipeline`,
+`StableDiffusionXLPipeline`, `StableDiffusion3Pipeline` or `FluxPipeline`:
 
     cb = PaintingCallback(painting, strength=0.8, num_iterative_steps=3, grad_steps_per_iter=12, generator=g)
     image = pipe(prompt, callback_on_step_end=cb, callback_on_step_end_tensor_inputs=cb.tensor_inputs).images[0]
@@ -13,6 +13,9 @@ After denoising step i of n, with k0 = int(n (1 − strength)) and k0 ≤ i < k0
 z_{t_{i+1}} is pulled toward the painting and re-noised as if clean (`PaintingGuide.step`):
 
     z̃ = argmin_z MSE(f(D(z)), y)   (N Adam steps from z_{t_{i+1}}),   z_{t_{i+1}} = √ᾱ z̃ + √(1 − ᾱ) ε'
+
+and on flow-matching samplers (SD3, FLUX) at the sampler's level σ_{i+1}: z_{σ_{i+1}} = (1 − σ_{i+1}) z̃ + σ_{i+1} ε'
+(`gradop.noise_schedule.FlowMatchSchedule`). FLUX's packed latents are unpacked for the decoder (`LatentLayout`).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class _Run:
     window: range
     schedule: NoiseSchedule
     guide: PaintingGuide
+    layout: "LatentLayout"
     restarted: bool = False  # the last step's sample was replaced: the scheduler's history was restarted
 
 
@@ -129,14 +133,15 @@ class PaintingCallback(PipelineCallback):
         missing = [k for k in self.tensor_inputs if k not in offered]
         if X0_INPUT in missing:
             raise ValueError(f"optimize_target='x0' needs the model's prediction x̂₀, which {name} does not pass to "
-                             "callbacks; use optimize_target='noisy' (as released), or gradop.GradOPPipeline")
+                             "callbacks; use optimize_target='noisy' (as released), or gradop.GradOPPipeline "
+                             "(Stable Diffusion 1.x/2.x)")
         if missing:
             raise ValueError(f"{name} does not pass {missing} to callbacks (it offers {offered})")
         if self.painting_decoder is None and getattr(pipeline, "vae", None) is None:
             raise ValueError(f"{name} has no vae to decode latents for the painting loss: load it with its VAE, or "
                              "pass painting_decoder= (e.g. an AutoencoderTiny for its latents)")
         scheduler = getattr(pipeline, "scheduler", None)
-        NoiseSchedule(scheduler)
+        NoiseSchedule.of(scheduler)
         check_restartable(scheduler)
         if getattr(scheduler, "order", 1) != 1:
             raise ValueError(f"{type(scheduler).__name__} takes {scheduler.order} model evaluations per step; GradOP+ "
@@ -156,8 +161,9 @@ class PaintingCallback(PipelineCallback):
         if step_index not in run.window or last:
             return callback_kwargs  # the release never optimises after the last step
         x0 = callback_kwargs.get(X0_INPUT) if run.guide.wants_x0 else None
-        latents = run.guide.step(run.schedule, callback_kwargs["latents"], run.timesteps[step_index + 1],
-                                 self.generator, x0)
+        latents = run.layout.pack(run.guide.step(run.schedule, run.layout.unpack(callback_kwargs["latents"]),
+                                                 run.timesteps[step_index + 1], self.generator,
+                                                 None if x0 is None else run.layout.unpack(x0)))
         restart_history(pipeline.scheduler)  # its memory of earlier steps belongs to the replaced sample
         run.restarted = True
         return {**callback_kwargs, "latents": latents}
@@ -172,6 +178,8 @@ class PaintingCallback(PipelineCallback):
         check_restartable(pipeline.scheduler, window)
         checks.check_generator(self.generator, len(latents))  # a list must hold one per image of the run
         factor = pipeline.vae_scale_factor
+        layout = LatentLayout.of(latents, self.paintings)
+        latents = layout.unpack(latents)
         size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         target = self._target(size, len(latents), factor).to(latents.device)
         decoder = self.painting_decoder if self.painting_decoder is not None else pipeline.vae
@@ -186,7 +194,7 @@ class PaintingCallback(PipelineCallback):
             grad_steps=self.grad_steps_per_iter, lr=self.lr, optimizer=self.optimizer, blur_target=self.blur_target,
             optimize_target=self.optimize_target, freeze_decoder=self.freeze_decoder,
             loss_history=self.loss_history, optimized_timesteps=self.optimized_timesteps)
-        return _Run(timesteps, window, NoiseSchedule(pipeline.scheduler), guide)
+        return _Run(timesteps, window, NoiseSchedule.of(pipeline.scheduler), guide, layout)
 
     def _target(self, size: tuple[int, int], batch: int, factor: int) -> torch.Tensor:
         """y, `[batch, 3, H, W]` in [0, 1] at the pipeline's image size."""
@@ -210,6 +218,58 @@ class PaintingCallback(PipelineCallback):
                                  "aspect ratio, or crop the painting")
         processed = VaeImageProcessor(vae_scale_factor=factor).preprocess(list(paintings), height=height, width=width)
         return ((processed + 1) / 2).repeat_interleave(batch // count, dim=0)
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """How a pipeline holds its latents: as the decoder takes them, `[B, C, h, w]`, or packed in 2x2 patches as FLUX
+    holds them, `[B, (h/2)(w/2), 4C]` (`grid` is then (h, w)). The painting loss and the re-noising work on the
+    decoder's layout; the callback hands the pipeline back its own."""
+
+    grid: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, latents: torch.Tensor, paintings) -> "LatentLayout":
+        if latents.ndim == 4:
+            return cls()
+        if latents.ndim != 3 or latents.shape[-1] % 4:
+            raise ValueError(f"latents of shape {tuple(latents.shape)} are neither [B, C, h, w] nor FLUX's packed "
+                             "[B, patches, 4C]: PaintingCallback cannot decode them")
+        return cls(_packed_grid(latents.shape[1], paintings))
+
+    def unpack(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, (h/2)(w/2), 4C] -> [B, C, h, w]: patch (i, j)'s channels c·4 + 2a + b are latent pixel (2i+a, 2j+b)."""
+        if self.grid is None:
+            return latents
+        (h, w), batch = self.grid, latents.shape[0]
+        patches = latents.reshape(batch, h // 2, w // 2, -1, 2, 2)  # [B, i, j, c, a, b]
+        return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, -1, h, w)  # [B, c, (i, a), (j, b)]
+
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `unpack`."""
+        if self.grid is None:
+            return latents
+        (h, w), batch, channels = self.grid, latents.shape[0], latents.shape[1]
+        patches = latents.reshape(batch, channels, h // 2, 2, w // 2, 2)  # [B, c, i, a, j, b]
+        return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (h // 2) * (w // 2), channels * 4)
+
+
+def _packed_grid(num_patches: int, paintings) -> tuple[int, int]:
+    """The unpacked (h, w) of `num_patches` 2x2 patches: the factorisation rows x columns closest to the painting's
+    aspect ratio (packed latents do not say their shape; the pipeline was asked for the painting's)."""
+    if isinstance(paintings, torch.Tensor):
+        height, width = paintings.shape[-2:]
+    else:
+        height, width = paintings[0].height, paintings[0].width
+    aspect = math.log(width / height)
+    pairs = [(rows, num_patches // rows) for rows in range(1, num_patches + 1) if num_patches % rows == 0]
+    pairs.sort(key=lambda pair: abs(math.log(pair[1] / pair[0]) - aspect))
+    rows, columns = pairs[0]
+    if len(pairs) > 1 and abs(math.log(pairs[1][1] / pairs[1][0]) - aspect) - abs(math.log(columns / rows) - aspect) \
+            < 1e-9:
+        raise ValueError(f"cannot tell the shape of {num_patches} packed latent patches from the painting's "
+                         f"{width}x{height}: pass the pipeline height= and width= in the painting's aspect ratio")
+    return 2 * rows, 2 * columns
 
 
 def _paintings(painting):

@@ -1,4 +1,4 @@
-"""`CallbackPipeline`: GradOP's method names on any diffusers text-to-image pipeline (SDXL, ...).
+"""`CallbackPipeline`: GradOP's method names on any diffusers text-to-image pipeline (SDXL, SD3, FLUX, ...).
 
     pipe = CallbackPipeline(StableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0"))
     pipe.gradop_plus(prompt, "painting.png", strength=0.8).images[0]    # the pipeline + `PaintingCallback`
@@ -28,7 +28,7 @@ from .images import check_side, load_image, output_size
 from .model_defaults import naming_declared_defaults, with_declared_defaults
 from .noise_schedule import NoiseSchedule
 from .pipeline import GradOPPipeline, GradOPPipelineOutput, synthesis_method
-from .regions import RegionBinding, attention_control, bind_regions, token_positions
+from .regions import RegionBinding, TokenSpan, attention_control, bind_regions, token_positions
 
 _SHARED = dict(height=None, width=None, num_inference_steps=50, guidance_scale=None, negative_prompt=None,
                num_images_per_prompt=1, generator=None, output_type="pil", return_dict=True,
@@ -43,7 +43,7 @@ class CallbackPipeline:
 
     Args:
         pipeline ([`DiffusionPipeline`]): a text-to-image pipeline with a VAE, a scheduler and `callback_on_step_end`
-            (e.g. `StableDiffusionXLPipeline`).
+            (e.g. `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`, `FluxPipeline`).
         painting_sigma_fraction (`float`, *optional*): the painting blur's σ as a fraction of the shorter side
             (default: the release's 7/512).
     """
@@ -165,10 +165,17 @@ class CallbackPipeline:
                          f"{type(self.pipeline).__name__} use gradop_plus, sdedit or text2img")
 
     # ------------------------------------------------------------------ one run
+    @property
+    def _denoiser(self):
+        """The pipeline's UNet, or its transformer (SD3, FLUX)."""
+        unet = getattr(self.pipeline, "unet", None)
+        return unet if unet is not None else self.pipeline.transformer
+
     def _size(self, painting, settings) -> tuple[int, int]:
         factor = self.pipeline.vae_scale_factor
         if painting is None:
-            default = self.pipeline.unet.config.sample_size * factor
+            default = (getattr(self.pipeline, "default_sample_size", None)
+                       or self._denoiser.config.sample_size) * factor
             return (check_side(settings["height"] or default, "height", factor),
                     check_side(settings["width"] or default, "width", factor))
         return output_size(painting, settings["height"], settings["width"], factor)
@@ -196,11 +203,14 @@ class CallbackPipeline:
             raise TypeError(f"{type(pipeline).__name__} takes no argument {', '.join(map(repr, unknown))}; its "
                             f"arguments are {', '.join(sorted(named - {'self'}))}")
         if extra.get("latents") is not None:
-            expected = (batch, pipeline.unet.config.in_channels, height // pipeline.vae_scale_factor,
-                        width // pipeline.vae_scale_factor)
+            factor, channels = pipeline.vae_scale_factor, self._denoiser.config.in_channels
+            h, w = height // factor, width // factor
+            if hasattr(pipeline, "_pack_latents"):  # FLUX: 2x2 patches of its latent channels
+                expected, what = (batch, (h // 2) * (w // 2), channels), "batch, (height / 16) (width / 16), channels"
+            else:
+                expected, what = (batch, channels, h, w), f"batch, channels, height / {factor}, width / {factor}"
             if not isinstance(extra["latents"], torch.Tensor) or tuple(extra["latents"].shape) != expected:
-                raise ValueError(f"latents must be a tensor of shape {expected} (batch, channels, height / "
-                                 f"{pipeline.vae_scale_factor}, width / {pipeline.vae_scale_factor}), got "
+                raise ValueError(f"latents must be a tensor of shape {expected} ({what}), got "
                                  f"{tuple(getattr(extra['latents'], 'shape', ())) or type(extra['latents']).__name__}")
         if callbacks:
             user = settings["callback_on_step_end"]
@@ -211,15 +221,33 @@ class CallbackPipeline:
             arguments.update(callback_on_step_end=_chain(callbacks), callback_on_step_end_tensor_inputs=inputs)
         region_images = paintings if settings["region_image"] is None else \
             GradOPPipeline._load_images(settings["region_image"], "region_image", len(prompts))[0]
-        binding = self._binding(prompts, region_images, batch, size, settings)
-        with self._call_lock, attention_control(self.pipeline.unet, binding), _steps_of(pipeline, binding):
+        binding = self._binding(prompts, region_images, batch, size, settings, extra)
+        with self._call_lock, attention_control(self._denoiser, binding), _steps_of(pipeline, binding):
             return pipeline(prompts if len(prompts) > 1 else prompts[0], **arguments)
 
-    def _binding(self, prompts, paintings, batch, size, settings) -> RegionBinding | None:
+    def _text_spans(self, extra: dict) -> tuple[list[TokenSpan], int]:
+        """Where each tokenizer's tokens sit in the text the attention layers see, and its length: CLIP's 77 (SD 1,
+        SDXL); CLIP's 77 then T5's `max_sequence_length` (SD3, T5's zeros when it is left out); T5's alone (FLUX)."""
+        pipe = self.pipeline
+        if getattr(pipe, "transformer", None) is None:
+            return [TokenSpan(pipe.tokenizer)], pipe.tokenizer.model_max_length
+        default = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+        t5_length = extra.get("max_sequence_length", default)
+        if hasattr(pipe, "tokenizer_3"):  # SD3
+            clip = pipe.tokenizer.model_max_length
+            spans = [TokenSpan(pipe.tokenizer, 0, clip)]
+            if pipe.text_encoder_3 is not None:
+                spans.append(TokenSpan(pipe.tokenizer_3, clip, t5_length))
+            return spans, clip + t5_length
+        return [TokenSpan(pipe.tokenizer_2, 0, t5_length)], t5_length  # FLUX
+
+    def _binding(self, prompts, paintings, batch, size, settings, extra) -> RegionBinding | None:
         regions, store = settings["regions"], settings["attention_store"]
+        spans, text_length = self._text_spans(extra)
         if not regions:
-            return None if store is None else RegionBinding.empty(batch, size, store)
-        tokenizers = [t for t in (self.pipeline.tokenizer, getattr(self.pipeline, "tokenizer_2", None)) if t is not None]
+            return None if store is None else RegionBinding.empty(batch, size, store, text_length)
+        clip = [self.pipeline.tokenizer, getattr(self.pipeline, "tokenizer_2", None)]
+        tokenizers = [t for t in clip if t is not None and type(t).__name__.startswith("CLIP")]
         for phrase in {spec if isinstance(spec, str) else spec[0] for spec in regions.values()}:
             for prompt in prompts:  # SDXL's two encoders' states sit side by side per token: positions must agree
                 positions = [token_positions(t, prompt, phrase.strip()) for t in tokenizers]
@@ -227,9 +255,9 @@ class CallbackPipeline:
                     raise ValueError(f"regions: the two tokenizers place {phrase!r} at different tokens of {prompt!r} "
                                      f"({positions}); bind a phrase both split alike")
         names = ["region_image" if settings["region_image"] is not None else "image"] * len(paintings)
-        return bind_regions(regions, prompts, self.pipeline.tokenizer, paintings, names, batch, size,
+        return bind_regions(regions, prompts, spans, paintings, names, batch, size,
                             region_weight=settings["region_weight"], step_fraction=settings["region_step_fraction"],
-                            schedule=NoiseSchedule(self.pipeline.scheduler), store=store)
+                            schedule=NoiseSchedule.of(self.pipeline.scheduler), store=store, text_length=text_length)
 
     @staticmethod
     def _output(out, settings, painting: PaintingCallback | None = None):
@@ -268,22 +296,33 @@ def _chain(callbacks: list) -> Callable:
 
 @contextlib.contextmanager
 def _steps_of(pipeline, binding: RegionBinding | None):
-    """Tell the binding each denoising step's index and σ_t before the UNet runs (a forward pre-hook: diffusers'
-    pipelines have no hook before a step). The index counts the run's UNet calls, one per step (classifier-free
-    guidance batches both halves into one call), so a late start (img2img) counts from its own first step."""
+    """Tell the binding each denoising step's index and σ_t before the denoiser runs (a forward pre-hook: diffusers'
+    pipelines have no hook before a step). The index counts the run's steps, one denoiser call each (classifier-free
+    guidance batches both halves into one call), so a late start (img2img) counts from its own first step. A
+    transformer called again at the same step (FLUX's negative prompt, SD3's skip-layer guidance) is left unbiased."""
     if binding is None:
         yield
         return
-    calls = 0
+    unet = getattr(pipeline, "unet", None)
+    denoiser = unet if unet is not None else pipeline.transformer
+    steps, last = 0, None
 
-    def before_unet(module, args, kwargs):
-        nonlocal calls
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        steps = getattr(pipeline, "_num_timesteps", None) or len(pipeline.scheduler.timesteps)
-        binding.start_step(calls, steps, timestep)
-        calls += 1
+    def before_denoiser(module, args, kwargs):
+        nonlocal steps, last
+        # FLUX passes its transformer t / 1000: the step's own timestep, where the pipeline keeps it
+        timestep = getattr(pipeline, "_current_timestep", None)
+        if timestep is None:
+            timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        timestep = float(torch.as_tensor(timestep).flatten()[0])
+        if unet is None and timestep == last:
+            binding.paused = True
+            return
+        last = timestep
+        binding.start_step(steps, getattr(pipeline, "_num_timesteps", None) or len(pipeline.scheduler.timesteps),
+                           timestep)
+        steps += 1
 
-    handle = pipeline.unet.register_forward_pre_hook(before_unet, with_kwargs=True)
+    handle = denoiser.register_forward_pre_hook(before_denoiser, with_kwargs=True)
     try:
         yield
     finally:

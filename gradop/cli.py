@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 
 from .methods import METHODS
-from .runs import cpu_threads_for_the_load, default_prompt, painting_decoder, painting_size, save_atomically
+from .runs import (cpu_threads_for_the_load, default_prompt, native_size, painting_decoder, painting_size,
+                   save_atomically)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="GradOP+'s N (default: the model's own; the release's 12, the toy model's 24)")
     more = p.add_argument_group("gradop's additions")
     more.add_argument("--model", default="auto", help="auto (Stable Diffusion v1.4 if it can be had, else the bundled toy "
-                                                      "model), toy, tiny / tiny-xl (random test models), a Stable Diffusion 1.x/2.x or SDXL "
-                                                      "hub id or folder")
+                                                      "model), toy, tiny / tiny-xl / tiny-sd3 / tiny-flux (random test "
+                                                      "models), a Stable Diffusion 1.x/2.x, SDXL, SD3 or FLUX hub id "
+                                                      "or folder")
     more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, unipc, ddpm")
     more.add_argument("--steps", type=int, default=50, help="denoising steps")
     more.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance weight")
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--painting-decoder", "--guidance-decoder", default="model",
                       help="the decoder GradOP's painting loss differentiates through: model (the model's own: its full VAE "
                            "unless it ships a painting_decoder), full (the VAE, as released), toy (distilled from the toy "
-                           "VAE: faster, less realistic), taesd (SD 1), taesdxl (SDXL), or a folder "
+                           "VAE: faster, less realistic), taesd (SD 1), taesdxl (SDXL), taesd3 (SD3), taef1 (FLUX), or a folder "
                            "(--guidance-decoder is its old name)")
     more.add_argument("--output", default=None, help="output PNG path (default: outputs/<painting>_<method>_seed<seed>.png); "
                                                       "several images get _0, _1, ... before the suffix")
@@ -194,7 +196,7 @@ def generate(args, method, settings, painting, prompt, paths) -> list[Path]:
         print(f"gradop: {threads}", file=sys.stderr)
     settings["height"], settings["width"] = painting_size(pipe, painting, args.height, args.width)
     if painting is not None and args.height is None and args.width is None and settings["height"] is not None:
-        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        native = native_size(pipe)
         print(f"gradop: the {'toy' if is_toy_model(pipe) else 'tiny test'} model works at {native}x{native}; painting "
               f"{painting.width}x{painting.height} is used at {settings['width']}x{settings['height']} "
               "(pass --height/--width to choose)", file=sys.stderr)

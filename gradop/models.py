@@ -8,17 +8,22 @@ from pathlib import Path
 
 import torch
 
-from .testing import TINY, TINY_XL, tiny_pipeline, tiny_sdxl_pipeline  # the `name_or_path`s of the tiny pipelines
+from .testing import (TINY, TINY_FLUX, TINY_NAMES, TINY_SD3, TINY_XL, tiny_flux_pipeline, tiny_pipeline,
+                      tiny_sd3_pipeline, tiny_sdxl_pipeline)
 
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
 TOY_PAINTING_DECODER = TOY_MODEL.parent / "painting_decoder"  # distilled from the toy VAE (opt-in: load_painting_decoder)
 TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
 TAESDXL = "madebyollin/taesdxl"  # the same architecture, for SDXL latents
+TAESD3 = "madebyollin/taesd3"  # over 16 latent channels, for Stable Diffusion 3 latents
+TAEF1 = "madebyollin/taef1"  # over 16 latent channels, for FLUX latents
 # model_index.json's `_class_name` -> the family it belongs to: GradOPPipeline (SD 1.x/2.x) or a CallbackPipeline
 SD_CLASSES = ("GradOPPipeline", "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
-CALLBACK_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
-NAMES = ("auto", "toy", "tiny", "tiny-xl")  # the models `load_pipeline` knows by name
+CALLBACK_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusion3Pipeline",
+                    "StableDiffusion3Img2ImgPipeline", "FluxPipeline", "FluxImg2ImgPipeline")
+FLOW_CLASSES = ("StableDiffusion3", "Flux")  # the flow-matching families among CALLBACK_CLASSES (by name prefix)
+NAMES = ("auto", "toy", *TINY_NAMES)  # the models `load_pipeline` knows by name
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -58,15 +63,18 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 
 def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str = "ddim", verbose: bool = True):
     """A ready pipeline: a `GradOPPipeline` for Stable Diffusion 1.x/2.x and the toy model, a `CallbackPipeline`
-    (the same method names) for SDXL.
+    (the same method names) for SDXL, Stable Diffusion 3 and FLUX.
 
     Args:
         model: ``"auto"`` (Stable Diffusion v1.4 from the local cache, or downloaded when online; else the
             toy model, saying so), ``"toy"`` (the bundled toy-world model: offline, seconds on a CPU),
-            ``"tiny"`` / ``"tiny-xl"`` (random weights shaped like SD 1 / SDXL, for tests: outputs are noise),
-            a local pipeline folder or a hub id (Stable Diffusion 1.x/2.x or SDXL).
+            ``"tiny"`` / ``"tiny-xl"`` / ``"tiny-sd3"`` / ``"tiny-flux"`` (random weights shaped like SD 1 / SDXL /
+            SD3 / FLUX, for tests: outputs are noise), a local pipeline folder or a hub id (Stable Diffusion
+            1.x/2.x, SDXL, Stable Diffusion 3 or FLUX).
         device, dtype: see `resolve_device`, `resolve_dtype`.
-        scheduler: a name from `gradop.schedulers.SCHEDULERS`; ``"ddim"`` is the released configuration.
+        scheduler: a name from `gradop.schedulers.SCHEDULERS`; ``"ddim"`` is the released configuration. Flow-matching
+            models (SD3, FLUX) keep their own Euler sampler, DDIM's flow-matching counterpart (``"ddim"`` or
+            ``"euler"``).
         verbose: print which model was loaded.
     """
     from .pipeline import GradOPPipeline
@@ -78,6 +86,10 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
         pipe = tiny_pipeline(scheduler=scheduler)
     elif model == "tiny-xl":
         pipe = _callback_pipeline(tiny_sdxl_pipeline(), scheduler)
+    elif model == "tiny-sd3":
+        pipe = _callback_pipeline(tiny_sd3_pipeline(), scheduler)
+    elif model == "tiny-flux":
+        pipe = _callback_pipeline(tiny_flux_pipeline(), scheduler)
     elif model == "toy":
         pipe = _load_toy(scheduler)
     elif model == "auto":
@@ -94,15 +106,23 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     else:
         local_only = _offline() or Path(model).is_dir()
         with loading("model", model):
-            family = _pipeline_class(model, local_only)
-            if family in CALLBACK_CLASSES:
-                import diffusers
+            family, config = _pipeline_class(model, local_only)
+        if family in CALLBACK_CLASSES:
+            import diffusers
 
-                loaded = getattr(diffusers, family.replace("Img2Img", "")).from_pretrained(
-                    model, dtype=dtype, local_files_only=local_only)
-                pipe = _callback_pipeline(loaded, scheduler)
-            else:
-                pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler, local_files_only=local_only)
+            cls = getattr(diffusers, family.replace("Img2Img", ""))
+            if family.startswith(FLOW_CLASSES):
+                check_flow_scheduler(scheduler, cls.__name__)  # before minutes of loading
+            # a folder saved without T5 (SD3 runs without it: text_encoder_3=None) says so by leaving it out
+            absent = {name: None for name in ("text_encoder_3", "tokenizer_3")
+                      if family.startswith("StableDiffusion3") and config.get(name, [None])[0] is None}
+            with loading("model", model):
+                loaded = cls.from_pretrained(model, dtype=dtype, local_files_only=local_only, **absent)
+            pipe = _callback_pipeline(loaded, scheduler)
+        else:
+            with loading("model", model):
+                pipe = GradOPPipeline.from_pretrained(model, dtype=dtype, scheduler=scheduler,
+                                                      local_files_only=local_only)
     pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
     if verbose:
         small = "; GradOP's painting loss goes through its small painting_decoder (pass painting_decoder=pipe.vae " \
@@ -112,8 +132,9 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
     return pipe
 
 
-def _pipeline_class(model: str, local_only: bool) -> str:
-    """The pipeline class a folder or hub id declares (model_index.json), checked to be one gradop serves."""
+def _pipeline_class(model: str, local_only: bool) -> tuple[str, dict]:
+    """The pipeline class a folder or hub id declares (model_index.json), checked to be one gradop serves, and
+    the model_index itself."""
     from diffusers import DiffusionPipeline
 
     config = DiffusionPipeline.load_config(model, local_files_only=local_only)
@@ -125,28 +146,40 @@ def _pipeline_class(model: str, local_only: bool) -> str:
     if name not in SD_CLASSES + CALLBACK_CLASSES:
         raise ModelUnavailableError(
             f"could not load model '{model}': it is a {name or 'pipeline of unknown class'}; gradop serves Stable "
-            f"Diffusion 1.x/2.x ({', '.join(SD_CLASSES)}) and SDXL ({', '.join(CALLBACK_CLASSES)}). For another "
+            f"Diffusion 1.x/2.x ({', '.join(SD_CLASSES)}), SDXL, SD3 and FLUX ({', '.join(CALLBACK_CLASSES)}). For another "
             "text-to-image pipeline, pass gradop.PaintingCallback as its callback_on_step_end")
-    return name
+    return name, config
 
 
 def _callback_pipeline(pipeline, scheduler: str):
-    """A diffusers pipeline with the named sampler (the released DDIM by default) on its own noise schedule."""
+    """A diffusers pipeline with the named sampler (the released DDIM by default) on its own noise schedule; a
+    flow-matching model (SD3, FLUX) keeps its own Euler sampler, the flow-matching counterpart of DDIM (η = 0)."""
     from .callback_pipeline import CallbackPipeline
     from .schedulers import make_scheduler
 
-    pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
-    pipeline.set_progress_bar_config(disable=pipeline.name_or_path == TINY_XL)
+    if hasattr(pipeline.scheduler, "scale_noise"):
+        check_flow_scheduler(scheduler, type(pipeline).__name__)
+    else:
+        pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=pipeline.name_or_path in TINY_NAMES.values())
     return CallbackPipeline(pipeline)
+
+
+def check_flow_scheduler(scheduler: str, pipeline_name: str) -> None:
+    """Flow-matching models keep their own sampler: the scheduler names that mean it, or a clear error."""
+    if scheduler not in ("ddim", "euler"):
+        raise ValueError(f"scheduler {scheduler!r} is not for {pipeline_name}: flow-matching models sample with their "
+                         "own FlowMatchEulerDiscreteScheduler (DDIM's flow-matching counterpart); use the default "
+                         "scheduler 'ddim' or 'euler'")
 
 
 def check_model_name(model) -> str:
     """`model` as `load_pipeline` takes it, checked without loading: a `NAMES` entry, a folder or "owner/name"."""
     if not isinstance(model, str) or not model:
-        raise TypeError(f"model must be 'auto', 'toy', 'tiny', 'tiny-xl', a folder or a hub id, got {model!r}")
+        raise TypeError(f"model must be one of {', '.join(NAMES)}, a folder or a hub id, got {model!r}")
     hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
     if model not in NAMES and not Path(model).is_dir() and not hub_id:
-        raise ValueError(f"model must be 'auto', 'toy', 'tiny', 'tiny-xl', a pipeline folder or a hub id: '{model}' is "
+        raise ValueError(f"model must be one of {', '.join(NAMES)}, a pipeline folder or a hub id: '{model}' is "
                          "not a folder, and not a hub id of the form 'owner/name'")
     return model
 
@@ -164,8 +197,9 @@ def model_label(pipe) -> str:
     name = getattr(pipe, "name_or_path", None) or "a pipeline built in code"
     if name == TINY:
         return "tiny (random weights for testing: outputs are noise)"
-    if name == TINY_XL:
-        return "tiny-xl (random weights shaped like SDXL, for testing: outputs are noise)"
+    shapes = {TINY_XL: ("tiny-xl", "SDXL"), TINY_SD3: ("tiny-sd3", "Stable Diffusion 3"), TINY_FLUX: ("tiny-flux", "FLUX")}
+    if name in shapes:
+        return f"{shapes[name][0]} (random weights shaped like {shapes[name][1]}, for testing: outputs are noise)"
     return f"{name} (Stable Diffusion v1.4)" if name == SD_V1_4 else name
 
 
@@ -263,13 +297,15 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
     Args:
         name: ``"toy"`` (distilled from the toy model's VAE, bundled: `python -m gradop.toy.distill`),
             ``"taesd"`` (madebyollin/taesd, for Stable Diffusion v1/v2 latents), ``"taesdxl"`` (madebyollin/taesdxl,
-            for SDXL latents; where its weights are in the local cache or can be downloaded), a hub id or a folder.
+            for SDXL latents), ``"taesd3"`` (madebyollin/taesd3, SD3), ``"taef1"`` (madebyollin/taef1, FLUX); where
+            their weights are in the local cache or can be downloaded; or a hub id or a folder.
     """
     from diffusers import AutoencoderTiny
 
     if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be 'toy', 'taesd', 'taesdxl', a hub id or a folder, got {name!r}")
-    source = {"toy": TOY_PAINTING_DECODER, "taesd": TAESD, "taesdxl": TAESDXL}.get(name, name)
+        raise TypeError(f"name must be 'toy', 'taesd', 'taesdxl', 'taesd3', 'taef1', a hub id or a folder, got {name!r}")
+    source = {"toy": TOY_PAINTING_DECODER, "taesd": TAESD, "taesdxl": TAESDXL, "taesd3": TAESD3, "taef1": TAEF1}.get(
+        name, name)
     with loading("painting decoder", str(source)):
         decoder = AutoencoderTiny.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
     device = resolve_device(device)

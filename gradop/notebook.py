@@ -107,6 +107,7 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
     """
     from .methods import get_method
     from .models import is_toy_model, load_pipeline, model_label
+    from .runs import native_size
 
     model = model or os.environ.get("GRADOP_MODEL", "auto")
     if model == "auto" and device is None and not torch.cuda.is_available():
@@ -115,7 +116,7 @@ def setup(model: str | None = None, work_size: int | None = None, device=None) -
         model = "toy"
     pipe = load_pipeline(model, device=device, verbose=False)  # its line would go to stderr: a pink box
     pipe.set_progress_bar_config(disable=True)  # each run takes seconds here; figures stay uncluttered
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    native = native_size(pipe)
     work_size = int(work_size or os.environ.get("GRADOP_WORK_SIZE", 0) or native)
     is_toy = is_toy_model(pipe)
     input_images = find_input_images()

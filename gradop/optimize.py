@@ -254,7 +254,7 @@ class PaintingGuide:
         √ᾱ ≈ 0.23 of z̃ and adds fresh noise of std ≈ 0.97.
         """
         # the decoder expects variance-preserving latents (the Euler family's samples are scaled up)
-        start = x0 if self.wants_x0 else schedule.variance_preserving(latents, t_next)
+        start = x0 if self.wants_x0 else schedule.decoder_latent(latents, t_next)
         optimized = self.descend(start)
         self.optimized_timesteps.append(int(t_next))
         noise = randn_tensor(optimized.shape, generator=generator, device=optimized.device, dtype=torch.float32)

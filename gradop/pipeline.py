@@ -659,7 +659,7 @@ class GradOPPipeline(DiffusionPipeline):
             images, names = self._load_images(((paintings.float().cpu() + 1) / 2).clamp(0, 1), "image", len(call.prompt))
         return bind_regions(regions, call.prompt, self.tokenizer, images, names, call.batch_size, size,
                             region_weight=call.region_weight, step_fraction=call.region_step_fraction,
-                            schedule=NoiseSchedule(self.scheduler), store=store)
+                            schedule=NoiseSchedule.of(self.scheduler), store=store)
 
     def prepare_painting_function(self, painting_function, target: torch.Tensor):
         """f for `target` ([B,3,H,W] in [0,1]): `"gaussian"` at its size and the model's painting scale."""
@@ -700,7 +700,7 @@ class GradOPPipeline(DiffusionPipeline):
         else:
             noise = latents.to(self._execution_device, torch.float32)
         clean = torch.zeros_like(noise) if image_latents is None else image_latents.float()
-        return NoiseSchedule(self.scheduler).noise_to(clean, noise, timestep).to(self.unet.dtype)
+        return NoiseSchedule.of(self.scheduler).noise_to(clean, noise, timestep).to(self.unet.dtype)
 
     def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
         """`eta` and `generator` for schedulers whose `step` takes them (DDIM's η, ancestral samplers)."""
@@ -713,7 +713,7 @@ class GradOPPipeline(DiffusionPipeline):
         painting = call.guide if isinstance(call.guide, PaintingCallback) else None
         wants_x0 = X0_INPUT in (painting.tensor_inputs if painting else ()) or X0_INPUT in (
             call.callback_on_step_end_tensor_inputs if call.callback_on_step_end else ())
-        schedule, binding = NoiseSchedule(self.scheduler), call.binding
+        schedule, binding = NoiseSchedule.of(self.scheduler), call.binding
         extra_step_kwargs = self.prepare_extra_step_kwargs(call.generator, call.eta)
         self._num_timesteps = len(timesteps)  # what callbacks read, as in diffusers' pipelines
         with self.progress_bar(total=len(timesteps)) as progress_bar:

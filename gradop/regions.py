@@ -13,6 +13,8 @@ with no training, the eDiff-I "paint-with-words" way:
 
    w' is `region_weight`, ρ_k a per-region weight (negative keeps a phrase *out* of a region).
    λ_t is eDiff-I's η_t, renamed here so it is not confused with DDIM's `eta`.
+   In the joint attention of SD3's and FLUX's transformers (`JointRegionAttnProcessor`) the same bias goes on the
+   image-query → text-key block of their one softmax; σ_t is then flow matching's σ / (1 − σ).
 
 `AttentionStore` records the per-token cross-attention maps of a run, for figures.
 """
@@ -32,14 +34,14 @@ import torch.nn.functional as F
 from .colors import extract_palette, parse_color, region_masks, to_hex  # noqa: F401 (re-exported: gradop.regions.*)
 
 # ---------------------------------------------------------------------- phrases and tokens
-def token_positions(tokenizer, prompt: str, phrase: str) -> list[int]:
-    """Positions of `phrase`'s tokens in the encoded `prompt` (start-of-text token at 0).
+def token_positions(tokenizer, prompt: str, phrase: str, max_length: int | None = None) -> list[int]:
+    """Positions of `phrase`'s tokens in the encoded `prompt` (CLIP's start-of-text token at 0; T5 has none).
 
     Every occurrence is bound: in "a red house next to a red car", "red" binds both. Put the
     phrase once in the prompt, or bind a longer phrase ("red car"), to bind one of them.
-    Occurrences past the tokenizer's length limit are not found.
+    Occurrences past the length limit (`max_length`, default the tokenizer's) are not found.
     """
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    ids = tokenizer(prompt, truncation=True, max_length=max_length or tokenizer.model_max_length).input_ids
     target = tokenizer(phrase, add_special_tokens=False).input_ids
     positions = []
     for start in range(len(ids) - len(target) + 1):
@@ -52,6 +54,20 @@ def _in_tokens(tokenizer, prompt: str, phrase: str) -> bool:
     """Whether `phrase`'s tokens occur in the whole of `prompt`'s, the length limit aside."""
     words, target = tokenizer.tokenize(prompt), tokenizer.tokenize(phrase)
     return bool(target) and any(words[i:i + len(target)] == target for i in range(len(words) - len(target) + 1))
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    """Where one tokenizer's tokens sit in the text sequence the attention layers see: SD 1 and SDXL see CLIP's 77;
+    SD3 sees CLIP's 77 then T5's `max_sequence_length`; FLUX sees T5's alone."""
+
+    tokenizer: object
+    offset: int = 0
+    length: int | None = None  # default: the tokenizer's model_max_length
+
+    @property
+    def size(self) -> int:
+        return self.length or self.tokenizer.model_max_length
 
 
 @dataclass(frozen=True)
@@ -116,13 +132,16 @@ class RegionBinding:
         self.region_weight, self.step_fraction, self.store = float(region_weight), float(step_fraction), store
         self.schedule = schedule
         self.batch_size, self.size = masks.shape[0], tuple(masks.shape[-2:])
+        self.text_length = tokens.shape[-1]  # T, the length of the text the attention layers see
         self.sigma: float | None = None  # σ_t of the current step while the bias applies, else None
+        self.paused = False  # a repeated model call of the step (FLUX's true-CFG negative pass): left alone
         self._bias: dict[tuple, torch.Tensor] = {}  # W per (resolution, device)
 
     @classmethod
-    def empty(cls, batch_size: int, size: tuple[int, int], store=None) -> "RegionBinding":
+    def empty(cls, batch_size: int, size: tuple[int, int], store=None, text_length: int = 0) -> "RegionBinding":
         """No regions: only records attention (for an `AttentionStore`)."""
-        return cls(torch.zeros(batch_size, 0, *size), torch.zeros(batch_size, 0, 0), torch.zeros(0), store=store)
+        return cls(torch.zeros(batch_size, 0, *size), torch.zeros(batch_size, 0, text_length), torch.zeros(0),
+                   store=store)
 
     @property
     def biased(self) -> bool:
@@ -135,11 +154,12 @@ class RegionBinding:
 
     def start_step(self, index: int, num_steps: int, timestep) -> None:
         """Called by the sampling loop before each UNet evaluation: sets σ_t while the bias applies."""
+        self.paused = False
         active = index < self.step_fraction * num_steps and self.masks.shape[1] and self.region_weight
         if not active:
             self.sigma = None
             return
-        self.sigma = self.schedule.sigma(timestep)  # σ_t = √((1 − ᾱ_t) / ᾱ_t)
+        self.sigma = self.schedule.sigma(timestep)  # σ_t = √((1 − ᾱ_t) / ᾱ_t), or σ / (1 − σ) for flow matching
 
     def grid(self, num_queries: int) -> tuple[int, int]:
         """The (h, w) query grid of a layer (`query_grid`)."""
@@ -156,32 +176,40 @@ class RegionBinding:
 
 def bind_regions(regions, prompts: list[str], tokenizer, paintings: list, names: list[str], batch_size: int,
                  size: tuple[int, int], *, region_weight: float, step_fraction: float, schedule,
-                 store=None, tolerance: float = 40.0) -> RegionBinding:
+                 store=None, tolerance: float = 40.0, text_length: int | None = None) -> RegionBinding:
     """Masks, token indicators and weights of `regions` for a batch of `batch_size` images.
 
+    `tokenizer` is the prompt's tokenizer, or a list of `TokenSpan`s where the text the attention sees joins
+    several (SD3: CLIP's then T5's); every phrase must be words of the first span's tokens, and is bound wherever
+    each span has it. `text_length` is the length of that text (default: where the last span ends).
     `paintings` (one for all prompts, or one per prompt) give the masks; a painting of another size
     than the output `size` has its masks resized, with a warning. Every phrase must be in every prompt.
     """
+    spans = list(tokenizer) if isinstance(tokenizer, (list, tuple)) else [TokenSpan(tokenizer)]
+    first = spans[0].tokenizer
     parsed = parse_regions(regions)
     phrases = {r.phrase for r in parsed}
-    tokens = torch.zeros(len(prompts), len(parsed), tokenizer.model_max_length)
+    tokens = torch.zeros(len(prompts), len(parsed), text_length or max(s.offset + s.size for s in spans))
     for p, prompt in enumerate(prompts):
-        available = len(tokenizer.tokenize(prompt))
+        available = len(first.tokenize(prompt))
         if len(phrases) > available:
             raise ValueError(f"regions name {len(phrases)} different phrases but the prompt {prompt!r} has only "
                              f"{available} tokens; each phrase must be words of the prompt")
         for k, region in enumerate(parsed):
-            positions = token_positions(tokenizer, prompt, region.phrase)
-            if not positions and _in_tokens(tokenizer, prompt, region.phrase):  # there, but cut off by the limit
+            positions = token_positions(first, prompt, region.phrase, spans[0].size)
+            if not positions and _in_tokens(first, prompt, region.phrase):  # there, but cut off by the limit
                 raise ValueError(f"regions: the phrase {region.phrase!r} is past the tokenizer's "
-                                 f"{tokenizer.model_max_length}-token limit in the prompt {prompt!r}; shorten the prompt")
+                                 f"{spans[0].size}-token limit in the prompt {prompt!r}; shorten the prompt")
             if not positions:  # "mountain" in "snowy mountains": a part of a word is no token sequence of the prompt
                 near = difflib.get_close_matches(region.phrase, prompt.split(), n=1)
                 raise ValueError(f"regions: the phrase {region.phrase!r} (colour {to_hex(region.color)}) is not "
                                  f"whole words of the prompt {prompt!r}"
                                  + (f"; did you mean {near[0]!r}?" if near else f", whose words are {prompt.split()}.")
                                  + " Bind words of the prompt, or add the phrase to it")
-            tokens[p, k, positions] = 1
+            for span in spans:
+                found = positions if span is spans[0] else \
+                    token_positions(span.tokenizer, prompt, region.phrase, span.size)
+                tokens[p, k, [span.offset + j for j in found]] = 1
 
     masks = []
     for painting, name in zip(paintings, names):
@@ -288,21 +316,153 @@ class RegionAttnProcessor:
         return out
 
 
+class JointRegionAttnProcessor:
+    """Region binding in joint (MMDiT) attention, where image and text tokens attend to each other in one softmax:
+    Stable Diffusion 3's `JointAttnProcessor2_0` (image tokens first) and FLUX's `FluxAttnProcessor` (text first;
+    its single-stream blocks get both in one sequence). The paint-with-words bias goes on the image-query → text-key
+    block only, with the UNet's λ_t (`region_bias`, the max taken over that block):
+
+        softmax([Q_img K_imgᵀ | Q_img K_txtᵀ + λ_t W] / …),   text queries unchanged
+
+    Without bias or recording it *is* the wrapped processor; with one, the conditional rows (the last
+    `binding.batch_size`) are computed here, the rest by the wrapped processor. Self-attention over the image alone
+    (SD3.5's second attention) has no text to bind and stays the wrapped processor's.
+    """
+
+    def __init__(self, processor, binding: RegionBinding, kind: str):
+        self.processor, self.binding, self.kind = processor, binding, kind  # kind: "sd3" or "flux"
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 *args, **kwargs):
+        binding = self.binding
+        def wrapped(rows):
+            return self.processor(attn, hidden_states[rows], None if encoder_hidden_states is None else
+                                  encoder_hidden_states[rows], attention_mask, image_rotary_emb, *args, **kwargs)
+
+        image_only = self.kind == "sd3" and encoder_hidden_states is None
+        if attention_mask is not None or image_only or not (binding.biased or binding.store) or binding.paused:
+            return wrapped(slice(None))
+        split = hidden_states.shape[0] - binding.batch_size  # rows before this are the unconditional branch
+        rows = slice(split, None)
+        text = encoder_hidden_states[rows] if encoder_hidden_states is not None else None
+        out, probs = self._attend(attn, hidden_states[rows], text, image_rotary_emb)
+        if split:
+            rest = wrapped(slice(None, split))
+            out = tuple(torch.cat([a, b]) for a, b in zip(rest, out)) if isinstance(out, tuple) else torch.cat([rest, out])
+        if binding.store is not None:
+            binding.store.add(probs, binding.grid(probs.shape[-2]))
+        return out
+
+    def _attend(self, attn, hidden_states, text, rotary):
+        """The layer's output for the conditional rows with the biased softmax, and its image → text probabilities."""
+        binding, length = self.binding, self.binding.text_length
+        if self.kind == "sd3":
+            query, key, value = _sd3_qkv(attn, hidden_states, text)  # [B, heads, L, d], image tokens first
+            num_image = hidden_states.shape[1]
+            image, words = slice(0, num_image), slice(num_image, None)
+        else:
+            query, key, value = _flux_qkv(attn, hidden_states, text, rotary)  # text tokens first
+            num_text = text.shape[1] if text is not None else length
+            image, words = slice(num_text, None), slice(0, num_text)
+        if key.shape[2] - query[:, :, image].shape[2] != length:
+            raise ValueError(f"regions: this layer sees {key.shape[2] - query[:, :, image].shape[2]} text tokens but "
+                             f"the binding was made for {length}; pass the same max_sequence_length to the pipeline")
+        scale = getattr(attn, "scale", query.shape[-1] ** -0.5)  # FLUX's layers leave it to SDPA's default 1/√d
+        scores = query.float() @ key.float().transpose(-1, -2) * scale  # QKᵀ/√d, [B, heads, L, L]
+        if binding.biased:
+            block = scores[:, :, image, words]
+            scores[:, :, image, words] = block + region_bias(
+                block, binding.bias(block.shape[-2], scores.device), binding.bias_scale)
+        probs = scores.softmax(dim=-1)
+        out = (probs.to(value.dtype) @ value).transpose(1, 2).flatten(2).to(query.dtype)  # [B, L, heads · d]
+        return _joint_output(attn, out, image, words, text is not None, self.kind), probs[:, :, image, words]
+
+
+def _sd3_qkv(attn, hidden_states, text):
+    """Queries, keys and values of SD3's joint attention as `JointAttnProcessor2_0` makes them: [B, heads, L, d]."""
+    batch = hidden_states.shape[0]
+
+    def heads(x):
+        return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+    query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+    query = attn.norm_q(query) if attn.norm_q is not None else query
+    key = attn.norm_k(key) if attn.norm_k is not None else key
+    text_query, text_key, text_value = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
+    text_query = attn.norm_added_q(text_query) if attn.norm_added_q is not None else text_query
+    text_key = attn.norm_added_k(text_key) if attn.norm_added_k is not None else text_key
+    return (torch.cat([query, text_query], dim=2), torch.cat([key, text_key], dim=2),
+            torch.cat([value, text_value], dim=2))
+
+
+def _flux_qkv(attn, hidden_states, text, rotary):
+    """Queries, keys and values of FLUX's attention as `FluxAttnProcessor` makes them, text tokens first, with rotary
+    positions: [B, heads, L, d]."""
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+    query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, text)
+    query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))  # [B, L, heads, d]
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    if attn.added_kv_proj_dim is not None:
+        text_query, text_key, text_value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (text_query, text_key, text_value))
+        text_query, text_key = attn.norm_added_q(text_query), attn.norm_added_k(text_key)
+        query, key, value = (torch.cat([a, b], dim=1) for a, b in ((text_query, query), (text_key, key), (text_value, value)))
+    if rotary is not None:
+        query, key = apply_rotary_emb(query, rotary, sequence_dim=1), apply_rotary_emb(key, rotary, sequence_dim=1)
+    return tuple(x.transpose(1, 2) for x in (query, key, value))
+
+
+def _joint_output(attn, out, image: slice, words: slice, has_text_stream: bool, kind: str):
+    """The attention output split and projected as the wrapped processor does: (image, text) for a two-stream
+    block, the whole sequence for FLUX's single-stream blocks."""
+    if not has_text_stream:
+        return out
+    image_out, text_out = out[:, image], out[:, words]
+    image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
+    if kind == "flux" or not attn.context_pre_only:
+        text_out = attn.to_add_out(text_out.contiguous())
+    return image_out, text_out
+
+
+def _joint_kind(processor) -> str | None:
+    """Which joint attention a processor computes, by its class (its own code is what `_sd3_qkv`/`_flux_qkv` read)."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    if type(processor) is JointAttnProcessor2_0:
+        return "sd3"
+    return "flux" if type(processor) is FluxAttnProcessor else None
+
+
 @contextmanager
-def attention_control(unet, binding: RegionBinding | None):
-    """Install `RegionAttnProcessor`s on every cross-attention layer of `unet`; restore the originals on exit."""
+def attention_control(denoiser, binding: RegionBinding | None):
+    """Install region processors on every text-attention layer of `denoiser` (a UNet's cross-attention, an MMDiT's
+    joint attention); restore the originals on exit. A transformer layer whose attention this cannot bias exactly
+    (another processor class) is a clear error, not a layer silently left unbound."""
     if binding is None:
         yield
         return
-    originals = unet.attn_processors
-    wrapped = {name: RegionAttnProcessor(processor, binding)
-               if getattr(unet.get_submodule(name.removesuffix(".processor")), "is_cross_attention", False)
-               else processor for name, processor in originals.items()}
-    unet.set_attn_processor(wrapped)
+    originals = denoiser.attn_processors
+    unet = any(getattr(m, "is_cross_attention", False) for m in denoiser.modules())
+    wrapped = {}
+    for name, processor in originals.items():
+        if unet:
+            layer = denoiser.get_submodule(name.removesuffix(".processor"))
+            wrapped[name] = RegionAttnProcessor(processor, binding) if layer.is_cross_attention else processor
+            continue
+        kind = _joint_kind(processor)
+        if kind is None:
+            raise ValueError(f"regions: {type(denoiser).__name__}'s layer {name.removesuffix('.processor')} uses "
+                             f"{type(processor).__name__}, whose attention gradop cannot bias; region binding works "
+                             "with diffusers' own JointAttnProcessor2_0 (SD3) and FluxAttnProcessor (FLUX): call "
+                             "transformer.set_default_attn_processor() or leave regions out")
+        wrapped[name] = JointRegionAttnProcessor(processor, binding, kind)
+    denoiser.set_attn_processor(wrapped)
     try:
         yield
     finally:
-        unet.set_attn_processor(dict(originals))
+        denoiser.set_attn_processor(dict(originals))
 
 
 class AttentionStore:

@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-PAINTING_DECODERS = ("model", "full", "toy", "taesd", "taesdxl")  # or a folder or hub id of an AutoencoderTiny
+PAINTING_DECODERS = ("model", "full", "toy", "taesd", "taesdxl", "taesd3", "taef1")  # or a folder or hub id of an AutoencoderTiny
 
 
 def default_prompt(img_path: Path) -> str | None:
@@ -33,14 +33,21 @@ def painting_size(pipe, painting, height, width) -> tuple[int | None, int | None
     the aspect ratio; the toy and tiny test models work a larger painting at their 64x64."""
     from .images import work_size
     from .models import is_toy_model
-    from .testing import TINY, TINY_XL
+    from .testing import TINY_NAMES
 
     if painting is None:
         return height, width
     # the toy and tiny test models work a painting at their own small size (a 512² painting would take minutes)
-    small = is_toy_model(pipe) or getattr(pipe, "name_or_path", None) in (TINY, TINY_XL)
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor if small else None
+    small = is_toy_model(pipe) or getattr(pipe, "name_or_path", None) in TINY_NAMES.values()
+    native = native_size(pipe) if small else None
     return work_size(painting.size, height, width, native, pipe.vae_scale_factor)
+
+
+def native_size(pipe) -> int:
+    """The side of the images a pipeline makes by default: its `default_sample_size` (SDXL, SD3, FLUX) or its
+    UNet's sample size, in latents, times the VAE factor."""
+    latent = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+    return latent * pipe.vae_scale_factor
 
 
 def check_painting_decoder_choice(choice, name: str = "painting_decoder") -> str:

@@ -15,6 +15,9 @@ from .schedulers import make_scheduler
 
 TINY = "gradop:tiny"  # the `name_or_path` of `tiny_pipeline()` (`gradop.models.model_label` knows it)
 TINY_XL = "gradop:tiny-xl"  # and of `tiny_sdxl_pipeline()`
+TINY_SD3 = "gradop:tiny-sd3"  # `tiny_sd3_pipeline()`
+TINY_FLUX = "gradop:tiny-flux"  # `tiny_flux_pipeline()`
+TINY_NAMES = {"tiny": TINY, "tiny-xl": TINY_XL, "tiny-sd3": TINY_SD3, "tiny-flux": TINY_FLUX}  # load_pipeline's names
 
 
 def byte_vocab() -> dict[str, int]:
@@ -47,6 +50,15 @@ def sd_like_components(tokenizer, seeds: dict[str, int], unet: dict, vae: dict, 
         torch.manual_seed(seed)
         models[name] = builders[name]()
     return dict(models, tokenizer=tokenizer, scheduler=make_scheduler("ddim"))
+
+
+def built(builders: dict, seed: int) -> dict:
+    """Each builder's model in eval mode, the k-th seeded with `seed + k` on its own (reproducible one by one)."""
+    models = {}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(seed + offset)
+        models[name] = build().eval()
+    return models
 
 
 def tiny_components(seed: int = 0, scheduler: str = "ddim") -> dict:
@@ -104,10 +116,7 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
         "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**text)),
         "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**text)),
     }
-    models = {}
-    for offset, (name, build) in enumerate(builders.items()):
-        torch.manual_seed(seed + offset)
-        models[name] = build().eval()
+    models = built(builders, seed)
     return dict(models, tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(), scheduler=make_scheduler("ddim"),
                 image_encoder=None, feature_extractor=None)
 
@@ -118,5 +127,117 @@ def tiny_sdxl_pipeline(seed: int = 0):
 
     pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed))
     pipe.register_to_config(_name_or_path=TINY_XL)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------- flow-matching transformers (SD3, FLUX)
+T5_WORDS = ("a photo painting cartoon of lake below snowy mountains mountain forest meadow sun sky house beach sand "
+            "cloud clouds grass water snow and with in the on at next to low left right").split()
+
+
+def tiny_t5_tokenizer(model_max_length: int = 512):
+    """A T5 (Unigram) tokenizer built locally: whole words of the toy world's prompts, then single letters, so any
+    prompt tokenises; `</s>` ends every sequence, as T5's does."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -5.0)]
+    vocab += [("\u2581" + word, -1.0) for word in T5_WORDS]
+    vocab += [(char, -3.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789,.'-"]
+    vocab += [("\u2581" + char, -4.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_t5_encoder(tokenizer, seed: int, width: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return T5EncoderModel(config).eval()
+
+
+def _flow_vae(latent_channels: int, scaling_factor: float, shift_factor: float):
+    """SD3's and FLUX's VAE structure (16 latent channels, a shift, no quant convs) at the tiny size, 8x."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, layers_per_block=1,
+                         norm_num_groups=8, block_out_channels=(8, 16, 16, 16), sample_size=64,
+                         scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=False,
+                         use_post_quant_conv=False, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4).eval()
+
+
+def tiny_sd3_components(seed: int = 0, t5: bool = False) -> dict:
+    """The components of a `StableDiffusion3Pipeline` at a size that runs in milliseconds: SD3's structure (two
+    CLIP text encoders with projections, optionally T5; an MMDiT `SD3Transformer2DModel` with 2x2 patches and joint
+    attention; a 16-channel VAE with SD3's scaling and shift; `FlowMatchEulerDiscreteScheduler` with shift 3), built
+    locally like diffusers' own fast tests. `t5=False` leaves T5 out (`text_encoder_3=None`), as SD3 allows."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    tokenizer = tiny_tokenizer()
+    text = dict(vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length, bos_token_id=0,
+                eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                num_hidden_layers=2, layer_norm_eps=1e-5, hidden_act="gelu", projection_dim=32)
+    t5_tokenizer = tiny_t5_tokenizer() if t5 else None
+    builders = {
+        # the two CLIPs' states side by side (64 channels) are padded to T5's width, the joint dimension (64)
+        "transformer": lambda: SD3Transformer2DModel(
+            sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+            num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+            pos_embed_max_size=32),
+        "vae": lambda: _flow_vae(16, 1.5305, 0.0609),
+        "text_encoder": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**text)),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**text)),
+    }
+    models = built(builders, seed)
+    return dict(models, tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(), scheduler=FlowMatchEulerDiscreteScheduler(
+        shift=3.0), text_encoder_3=tiny_t5_encoder(t5_tokenizer, seed + 4, width=64) if t5 else None,
+        tokenizer_3=t5_tokenizer)
+
+
+def tiny_sd3_pipeline(seed: int = 0, t5: bool = False):
+    """A diffusers `StableDiffusion3Pipeline` of `tiny_sd3_components`, named `TINY_SD3`."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(**tiny_sd3_components(seed, t5))
+    pipe.register_to_config(_name_or_path=TINY_SD3)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux_components(seed: int = 0) -> dict:
+    """The components of a `FluxPipeline` at a size that runs in milliseconds: FLUX's structure (CLIP for the pooled
+    embedding, T5 for the sequence; a `FluxTransformer2DModel` with double- and single-stream blocks and rotary
+    positions over latents packed in 2x2 patches; a 16-channel VAE with FLUX's scaling and shift;
+    `FlowMatchEulerDiscreteScheduler` with FLUX's resolution-dependent shift), built locally."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer, t5_tokenizer = tiny_tokenizer(), tiny_t5_tokenizer()
+    builders = {
+        # 16 latent channels packed 2x2 = 64 inputs; rotary axes (4, 4, 8) sum to the head dimension 16
+        "transformer": lambda: FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8)),
+        "vae": lambda: _flow_vae(16, 0.3611, 0.1159),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length, bos_token_id=0,
+            eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, layer_norm_eps=1e-5, hidden_act="gelu", projection_dim=32)),
+    }
+    models = built(builders, seed)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
+    return dict(models, tokenizer=tokenizer, text_encoder_2=tiny_t5_encoder(t5_tokenizer, seed + 3),
+                tokenizer_2=t5_tokenizer, scheduler=scheduler, image_encoder=None, feature_extractor=None)
+
+
+def tiny_flux_pipeline(seed: int = 0):
+    """A diffusers `FluxPipeline` of `tiny_flux_components`, named `TINY_FLUX`."""
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline(**tiny_flux_components(seed))
+    pipe.default_sample_size = 8  # 64x64 images by default, as the other tiny models (FLUX's own: 1024x1024)
+    pipe.register_to_config(_name_or_path=TINY_FLUX)
     pipe.set_progress_bar_config(disable=True)
     return pipe

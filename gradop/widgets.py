@@ -33,6 +33,7 @@ from ipycanvas import MultiCanvas, hold_canvas
 from .images import load_image, scaled_size
 from .colors import parse_color, to_hex
 from .methods import METHODS
+from .runs import native_size
 
 # The toy world's painting colours (gradop.toy.world.PALETTE; a test keeps them in step). Forest and meadow share
 # one green range, snow and cloud one white, lake and sky one blue: the shades differ so bindings can tell them apart.
@@ -446,7 +447,7 @@ class SynthesisPanel(widgets.VBox):
         if not isinstance(pad, ScribblePad):
             raise TypeError(f"pad must be a ScribblePad, got {type(pad).__name__}")
         factor = pipe.vae_scale_factor
-        work_size = work_size or pipe.unet.config.sample_size * factor
+        work_size = work_size or native_size(pipe)
         self.work_height, self.work_width = scaled_size(*pad.size, work_size, factor)
         self.pipe, self.pad = pipe, pad
         self.images: list[PIL.Image.Image] = []  # every result, in order (the gallery shows the last 8)
