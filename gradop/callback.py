@@ -77,6 +77,9 @@ class PaintingCallback(PipelineCallback):
             its prediction x̂₀ to callbacks (`GradOPPipeline`); diffusers' pipelines do not.
         painting_sigma_fraction (`float`, *optional*): the blur's σ as a fraction of the shorter side, instead of the
             pipeline's.
+        size (`(height, width)`, *optional*): the pipeline call's image size. Needed for FLUX, whose packed latents
+            do not carry their shape (give the `height` and `width` you pass the pipeline); read from the latents
+            otherwise.
 
     Attributes:
         loss_history (`list[torch.Tensor]`): after a run, one `[grad_steps, batch]` tensor per window.
@@ -86,7 +89,8 @@ class PaintingCallback(PipelineCallback):
     def __init__(self, painting, strength: float = 0.8, num_iterative_steps: int = 3, grad_steps_per_iter: int = 12,
                  lr: float = 0.1, painting_function="gaussian", painting_decoder=None, generator=None, *,
                  optimizer="adam", blur_target: bool = False, optimize_target: str = "noisy",
-                 freeze_decoder: bool = True, painting_sigma_fraction: float | None = None):
+                 freeze_decoder: bool = True, painting_sigma_fraction: float | None = None,
+                 size: tuple[int, int] | None = None):
         super().__init__()  # the base's cutoff settings are not used
         self.strength = checks.check_fraction(strength, "strength")
         self.num_iterative_steps = checks.check_count(num_iterative_steps, "num_iterative_steps")
@@ -105,7 +109,11 @@ class PaintingCallback(PipelineCallback):
         if painting_decoder is not None and not callable(getattr(painting_decoder, "decode", None)):
             raise TypeError("painting_decoder must be a diffusers autoencoder (AutoencoderTiny, AutoencoderKL), got "
                             f"{type(painting_decoder).__name__}")
-        self.painting_decoder, self.generator = painting_decoder, generator
+        if size is not None:
+            if not (isinstance(size, (tuple, list)) and len(size) == 2):
+                raise TypeError(f"size must be (height, width) in pixels, got {size!r}")
+            size = tuple(checks.check_count(side, name, 1) for side, name in zip(size, ("size[0]", "size[1]")))
+        self.painting_decoder, self.generator, self.size = painting_decoder, generator, size
         self.paintings = _paintings(painting)
         self.loss_history: list[torch.Tensor] = []
         self.optimized_timesteps: list[int] = []
@@ -178,7 +186,7 @@ class PaintingCallback(PipelineCallback):
         check_restartable(pipeline.scheduler, window)
         checks.check_generator(self.generator, len(latents))  # a list must hold one per image of the run
         factor = pipeline.vae_scale_factor
-        layout = LatentLayout.of(latents, self.paintings)
+        layout = LatentLayout.of(latents, self.paintings, self.size, factor)
         latents = layout.unpack(latents)
         size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         target = self._target(size, len(latents), factor).to(latents.device)
@@ -223,19 +231,30 @@ class PaintingCallback(PipelineCallback):
 @dataclass(frozen=True)
 class LatentLayout:
     """How a pipeline holds its latents: as the decoder takes them, `[B, C, h, w]`, or packed in 2x2 patches as FLUX
-    holds them, `[B, (h/2)(w/2), 4C]` (`grid` is then (h, w)). The painting loss and the re-noising work on the
+    holds them, `[B, (h/2)(w/2), 4C]` (`grid` is then (h, w), which the latents do not carry: the call's size gives it). The painting loss and the re-noising work on the
     decoder's layout; the callback hands the pipeline back its own."""
 
     grid: tuple[int, int] | None = None
 
     @classmethod
-    def of(cls, latents: torch.Tensor, paintings) -> "LatentLayout":
+    def of(cls, latents: torch.Tensor, paintings, size: tuple[int, int] | None = None, factor: int = 8) -> "LatentLayout":
+        """The layout of a run's `latents`; packed ones take their (h, w) from `size` (pixels), else from a painting
+        tensor, which is at the output size."""
         if latents.ndim == 4:
             return cls()
         if latents.ndim != 3 or latents.shape[-1] % 4:
             raise ValueError(f"latents of shape {tuple(latents.shape)} are neither [B, C, h, w] nor FLUX's packed "
                              "[B, patches, 4C]: PaintingCallback cannot decode them")
-        return cls(_packed_grid(latents.shape[1], paintings))
+        if size is None and isinstance(paintings, torch.Tensor):
+            size = tuple(paintings.shape[-2:])
+        if size is None:
+            raise ValueError("this pipeline's latents are packed (FLUX) and do not carry their shape: pass "
+                             "PaintingCallback(..., size=(height, width)), the height and width of the pipeline call")
+        grid = (size[0] // factor, size[1] // factor)
+        if grid[0] % 2 or grid[1] % 2 or (grid[0] // 2) * (grid[1] // 2) != latents.shape[1]:
+            raise ValueError(f"size {tuple(size)} does not match the pipeline's {latents.shape[1]} packed latent "
+                             "patches: pass the height and width of the pipeline call (multiples of 16)")
+        return cls(grid)
 
     def unpack(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, (h/2)(w/2), 4C] -> [B, C, h, w]: patch (i, j)'s channels c·4 + 2a + b are latent pixel (2i+a, 2j+b)."""
@@ -252,24 +271,6 @@ class LatentLayout:
         (h, w), batch, channels = self.grid, latents.shape[0], latents.shape[1]
         patches = latents.reshape(batch, channels, h // 2, 2, w // 2, 2)  # [B, c, i, a, j, b]
         return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (h // 2) * (w // 2), channels * 4)
-
-
-def _packed_grid(num_patches: int, paintings) -> tuple[int, int]:
-    """The unpacked (h, w) of `num_patches` 2x2 patches: the factorisation rows x columns closest to the painting's
-    aspect ratio (packed latents do not say their shape; the pipeline was asked for the painting's)."""
-    if isinstance(paintings, torch.Tensor):
-        height, width = paintings.shape[-2:]
-    else:
-        height, width = paintings[0].height, paintings[0].width
-    aspect = math.log(width / height)
-    pairs = [(rows, num_patches // rows) for rows in range(1, num_patches + 1) if num_patches % rows == 0]
-    pairs.sort(key=lambda pair: abs(math.log(pair[1] / pair[0]) - aspect))
-    rows, columns = pairs[0]
-    if len(pairs) > 1 and abs(math.log(pairs[1][1] / pairs[1][0]) - aspect) - abs(math.log(columns / rows) - aspect) \
-            < 1e-9:
-        raise ValueError(f"cannot tell the shape of {num_patches} packed latent patches from the painting's "
-                         f"{width}x{height}: pass the pipeline height= and width= in the painting's aspect ratio")
-    return 2 * rows, 2 * columns
 
 
 def _paintings(painting):

@@ -130,6 +130,7 @@ class CallbackPipeline:
             extra["latents"] = latents
         paintings = painting.paintings
         size = self._size(paintings[0], settings) if isinstance(paintings, list) else tuple(paintings.shape[-2:])
+        painting.size = size  # FLUX's packed latents do not carry it
         regions_from = paintings if isinstance(paintings, list) else [load_image(p, "image") for p in paintings]
         out = self._run(self.pipeline, prompt, size, settings, extra, regions_from, painting)
         return self._output(out, settings, painting)
@@ -171,14 +172,31 @@ class CallbackPipeline:
         unet = getattr(self.pipeline, "unet", None)
         return unet if unet is not None else self.pipeline.transformer
 
+    @property
+    def size_step(self) -> int:
+        """Image sides are multiples of this: the VAE's factor, times the transformer's patch side (SD3: 2) or
+        FLUX's 2x2 packing."""
+        factor, transformer = self.pipeline.vae_scale_factor, getattr(self.pipeline, "transformer", None)
+        if transformer is None:
+            return factor
+        return factor * (2 if hasattr(self.pipeline, "_pack_latents") else transformer.config.get("patch_size", 1))
+
     def _size(self, painting, settings) -> tuple[int, int]:
-        factor = self.pipeline.vae_scale_factor
+        step = self.size_step
         if painting is None:
             default = (getattr(self.pipeline, "default_sample_size", None)
-                       or self._denoiser.config.sample_size) * factor
-            return (check_side(settings["height"] or default, "height", factor),
-                    check_side(settings["width"] or default, "width", factor))
-        return output_size(painting, settings["height"], settings["width"], factor)
+                       or self._denoiser.config.sample_size) * self.pipeline.vae_scale_factor
+            size = (check_side(settings["height"] or default, "height", step),
+                    check_side(settings["width"] or default, "width", step))
+        else:
+            size = output_size(painting, settings["height"], settings["width"], step)
+        # SD3's position embedding covers pos_embed_max_size patches a side
+        patches = getattr(getattr(self._denoiser, "config", None), "pos_embed_max_size", None)
+        if patches and max(size) > patches * step:
+            raise ValueError(f"height and width must be at most {patches * step} pixels on "
+                             f"{type(self.pipeline).__name__} (its position embedding covers {patches} patches a "
+                             f"side), got {size[0]}x{size[1]}")
+        return size
 
     def _run(self, pipeline, prompt, size: tuple[int, int], settings: dict, extra: dict, paintings=None,
              painting: PaintingCallback | None = None):
@@ -186,6 +204,11 @@ class CallbackPipeline:
         (whose colours come from `region_image`, else from `paintings`)."""
         (height, width), prompts = size, checks.check_prompts(prompt)
         batch = len(prompts) * settings["num_images_per_prompt"]
+        if hasattr(pipeline, "_pack_latents") and settings["negative_prompt"] is not None \
+                and not extra.get("true_cfg_scale", 1.0) > 1:
+            raise ValueError("negative_prompt: FLUX is guidance-distilled and ignores a negative prompt unless "
+                             "true_cfg_scale > 1 (e.g. true_cfg_scale=4.0, a second transformer pass per step); pass "
+                             "both, or leave negative_prompt out")
         callbacks = [c for c in (painting, settings["callback_on_step_end"]) if c is not None]
         arguments = dict(height=height, width=width, num_inference_steps=settings["num_inference_steps"],
                          negative_prompt=settings["negative_prompt"],
@@ -232,7 +255,9 @@ class CallbackPipeline:
         if getattr(pipe, "transformer", None) is None:
             return [TokenSpan(pipe.tokenizer)], pipe.tokenizer.model_max_length
         default = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
-        t5_length = extra.get("max_sequence_length", default)
+        t5_length = checks.check_count(extra.get("max_sequence_length", default), "max_sequence_length", 1)
+        if t5_length > 512:
+            raise ValueError(f"max_sequence_length must be at most 512 (T5's limit), got {t5_length}")
         if hasattr(pipe, "tokenizer_3"):  # SD3
             clip = pipe.tokenizer.model_max_length
             spans = [TokenSpan(pipe.tokenizer, 0, clip)]

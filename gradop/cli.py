@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "or folder")
     more.add_argument("--scheduler", default="ddim", help="ddim (as released), pndm, dpm, euler, euler_a, unipc, ddpm")
     more.add_argument("--steps", type=int, default=50, help="denoising steps")
-    more.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance weight")
+    more.add_argument("--guidance-scale", type=float, default=None,
+                      help="classifier-free guidance weight (default: the model's own: 7.5 for Stable Diffusion "
+                           "1.x/2.x as released, SDXL's 5, SD3's 7, FLUX's distilled 3.5)")
     more.add_argument("--negative-prompt", default=None)
     more.add_argument("--num-images", type=int, default=1)
     more.add_argument("--batch-size", type=int, default=4, help="images made at once (memory); each is written as "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -50,6 +51,12 @@ def token_positions(tokenizer, prompt: str, phrase: str, max_length: int | None 
     return sorted(set(positions))
 
 
+def _as_written(prompt: str, phrase: str) -> str:
+    """`phrase` as the prompt writes it ("Forest" for "forest"): CLIP lower-cases, T5 does not."""
+    found = re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", prompt, flags=re.IGNORECASE)
+    return found.group(0) if found else phrase
+
+
 def _in_tokens(tokenizer, prompt: str, phrase: str) -> bool:
     """Whether `phrase`'s tokens occur in the whole of `prompt`'s, the length limit aside."""
     words, target = tokenizer.tokenize(prompt), tokenizer.tokenize(phrase)
@@ -67,7 +74,7 @@ class TokenSpan:
 
     @property
     def size(self) -> int:
-        return self.length or self.tokenizer.model_max_length
+        return self.tokenizer.model_max_length if self.length is None else self.length
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,7 @@ def bind_regions(regions, prompts: list[str], tokenizer, paintings: list, names:
             raise ValueError(f"regions name {len(phrases)} different phrases but the prompt {prompt!r} has only "
                              f"{available} tokens; each phrase must be words of the prompt")
         for k, region in enumerate(parsed):
-            positions = token_positions(first, prompt, region.phrase, spans[0].size)
+            positions = token_positions(first, prompt, _as_written(prompt, region.phrase), spans[0].size)
             if not positions and _in_tokens(first, prompt, region.phrase):  # there, but cut off by the limit
                 raise ValueError(f"regions: the phrase {region.phrase!r} is past the tokenizer's "
                                  f"{spans[0].size}-token limit in the prompt {prompt!r}; shorten the prompt")
@@ -206,10 +213,15 @@ def bind_regions(regions, prompts: list[str], tokenizer, paintings: list, names:
                                  f"whole words of the prompt {prompt!r}"
                                  + (f"; did you mean {near[0]!r}?" if near else f", whose words are {prompt.split()}.")
                                  + " Bind words of the prompt, or add the phrase to it")
-            for span in spans:
-                found = positions if span is spans[0] else \
-                    token_positions(span.tokenizer, prompt, region.phrase, span.size)
+            for span in spans[1:]:  # T5 after CLIP (SD3): cased, and it may split the words otherwise
+                found = token_positions(span.tokenizer, prompt, _as_written(prompt, region.phrase), span.size)
+                if not found:
+                    raise ValueError(f"regions: {type(span.tokenizer).__name__} does not see the phrase "
+                                     f"{region.phrase!r} as words of the prompt {prompt!r} (it splits them otherwise, "
+                                     "e.g. joined by punctuation), so it could only be bound on CLIP's tokens: write "
+                                     "it as words with spaces around them, or shorten the prompt")
                 tokens[p, k, [span.offset + j for j in found]] = 1
+            tokens[p, k, [spans[0].offset + j for j in positions]] = 1
 
     masks = []
     for painting, name in zip(paintings, names):

@@ -34,6 +34,8 @@ def painting(width=SIZE, height=SIZE) -> PIL.Image.Image:
 
 def run(pipe, callback=None, steps=10, **kwargs):
     kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+    if callback is not None and callback.size is None:
+        callback.size = (SIZE, SIZE)  # FLUX's packed latents do not carry it
     if callback is not None:
         kwargs.setdefault("callback_on_step_end", callback)
         kwargs.setdefault("callback_on_step_end_tensor_inputs", callback.tensor_inputs)
@@ -82,10 +84,14 @@ def test_flux_packing_is_the_pipelines_own():
     torch.testing.assert_close(packed, FluxPipeline._pack_latents(latents, 2, 16, 8, 12), rtol=0, atol=0)
     torch.testing.assert_close(layout.unpack(packed), latents, rtol=0, atol=0)
     torch.testing.assert_close(layout.unpack(packed), FluxPipeline._unpack_latents(packed, 64, 96, 8), rtol=0, atol=0)
-    # packed latents do not say their shape: the painting's aspect ratio does
-    assert LatentLayout.of(packed, [painting(96, 64)]).grid == (8, 12)
+    # packed latents do not carry their shape: the call's size (or a painting tensor, at the output size) gives it
+    assert LatentLayout.of(packed, [painting()], (64, 96)).grid == (8, 12)
     assert LatentLayout.of(packed, torch.zeros(1, 3, 64, 96)).grid == (8, 12)
     assert LatentLayout.of(latents, [painting()]).grid is None
+    with pytest.raises(ValueError, match=r"size=\(height, width\)"):
+        LatentLayout.of(packed, [painting(96, 64)])
+    with pytest.raises(ValueError, match="does not match the pipeline's 24 packed latent patches"):
+        LatentLayout.of(packed, [painting()], (64, 64))
 
 
 # ---------------------------------------------------------------------- GradOP+ as a callback
@@ -102,14 +108,14 @@ def test_the_loss_falls_and_each_window_ends_at_the_samplers_level(pipe, monkeyp
     descend = PaintingGuide.descend
     monkeypatch.setattr(PaintingGuide, "descend", lambda guide, start: found.append(descend(guide, start)) or found[-1])
     callback = PaintingCallback(painting(), strength=0.8, num_iterative_steps=3, grad_steps_per_iter=6,
-                                generator=torch.Generator().manual_seed(7))
+                                generator=torch.Generator().manual_seed(7), size=(SIZE, SIZE))
     draws, checked = torch.Generator().manual_seed(7), []
 
     def spy(pipeline, step, timestep, tensors):
         returned = callback(pipeline, step, timestep, tensors)
         if len(found) > len(checked):  # this step optimised
             scheduler = pipeline.scheduler
-            layout = LatentLayout.of(tensors["latents"], [painting()])
+            layout = LatentLayout.of(tensors["latents"], [painting()], (SIZE, SIZE))
             optimized = found[len(checked)]
             noise = randn_tensor(optimized.shape, generator=draws, dtype=torch.float32)
             t_next = scheduler.timesteps[step + 1]
@@ -328,3 +334,57 @@ def test_flux_in_the_synthesis_panel():
     reference = pipe.gradop_plus(PROMPT, pad.image, 0.8, 3, 12, num_inference_steps=4, height=SIZE, width=SIZE,
                                  generator=torch.Generator("cpu").manual_seed(0)).images[0]
     assert np.array_equal(np.asarray(image), np.asarray(reference))
+
+
+# ---------------------------------------------------------------------- bad input
+def test_flux_needs_the_calls_size_and_a_painting_of_its_aspect():
+    flux = tiny_flux_pipeline()
+    with pytest.raises(ValueError, match=r"size=\(height, width\)"):
+        flux(PROMPT, height=SIZE, width=SIZE, num_inference_steps=4, callback_on_step_end=PaintingCallback(painting()),
+             callback_on_step_end_tensor_inputs=["latents"])
+    # a 4:1 painting at a square run: packed 4x4 patches could be 2x8, so the size must come from the call
+    wrapped = CallbackPipeline(flux)
+    with pytest.raises(ValueError, match="another aspect ratio"):
+        wrapped.gradop_plus(PROMPT, painting(128, 32), height=SIZE, width=SIZE, num_inference_steps=4)
+    wide = wrapped.gradop_plus(PROMPT, painting(128, 64), num_inference_steps=4, num_iterative_steps=1,
+                               grad_steps_per_iter=1, output_type="np")
+    assert wide.images.shape == (1, 64, 128, 3)
+
+
+@pytest.mark.filterwarnings("ignore:region_image is 72x72")  # its masks follow the rounded size
+def test_sizes_follow_the_transformers_patch_and_sd3s_position_limit():
+    flux, sd3 = CallbackPipeline(tiny_flux_pipeline()), CallbackPipeline(tiny_sd3_pipeline())
+    assert flux.size_step == sd3.size_step == 16
+    for pipe in (flux, sd3):
+        with pytest.warns(UserWarning, match="not a multiple of .* 16"):
+            out = pipe.text2img(PROMPT, height=72, width=72, num_inference_steps=2, output_type="np",
+                                regions={FOREST: "forest"}, region_image=painting(72, 72))
+        assert out.images.shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match="at most 512 pixels"):  # the tiny SD3 embeds 32 patches a side
+        sd3.text2img(PROMPT, height=64, width=528, num_inference_steps=2)
+
+
+def test_text_tokens_bad_input():
+    sd3t5, flux = CallbackPipeline(tiny_sd3_pipeline(t5=True)), CallbackPipeline(tiny_flux_pipeline())
+    settings = dict(region_image=painting(), num_inference_steps=2, output_type="np")
+    # T5 is cased; the phrase is bound as the prompt writes it
+    for pipe in (sd3t5, flux):
+        store = AttentionStore()
+        pipe.text2img("a photo of a Forest and a Lake", regions={FOREST: "forest"}, attention_store=store, **settings)
+    with pytest.raises(ValueError, match=r"T5Tokenizer\w* does not see the phrase 'lake'"):
+        sd3t5.text2img("a photo of a forest,lake", regions={LAKE: "lake"}, **settings)
+    for pipe in (sd3t5, flux):
+        with pytest.raises(TypeError, match="max_sequence_length"):
+            pipe.text2img(PROMPT, regions={FOREST: "forest"}, max_sequence_length="64", **settings)
+        with pytest.raises(ValueError, match="max_sequence_length must be >= 1"):
+            pipe.text2img(PROMPT, regions={FOREST: "forest"}, max_sequence_length=0, **settings)
+        with pytest.raises(ValueError, match="at most 512"):
+            pipe.text2img(PROMPT, regions={FOREST: "forest"}, max_sequence_length=600, **settings)
+
+
+def test_flux_refuses_a_negative_prompt_it_would_ignore():
+    flux = CallbackPipeline(tiny_flux_pipeline())
+    with pytest.raises(ValueError, match="true_cfg_scale > 1"):
+        flux.text2img(PROMPT, negative_prompt="blurry", num_inference_steps=2)
+    out = flux.text2img(PROMPT, negative_prompt="blurry", true_cfg_scale=2.0, num_inference_steps=2, output_type="np")
+    assert np.isfinite(out.images).all()
