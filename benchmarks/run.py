@@ -221,6 +221,8 @@ def sdxl_arch_pipeline(dtype=torch.float32, storage: torch.dtype | None = None):
     return CallbackPipeline(xl)
 
 
+QUICK_DEPTH = {"sd3-arch": "4 of SD3 Medium's 24 joint blocks, T5 left out (as SD3 allows)",
+               "flux-arch": "2 of FLUX.1-dev's 19 double- and 4 of its 38 single-stream blocks, T5-XXL with 2 of 24 layers"}
 FLOW_VAE_SCALING = {"sd3-arch": (1.5305, 0.0609), "flux-arch": (0.3611, 0.1159)}  # (scaling, shift) of their VAEs
 
 
@@ -689,6 +691,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", help="measure only these rows, by name or its beginning (text2img is "
                    "always measured, but with --decoder-memory)")
     p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    p.add_argument("--no-peaks", action="store_true",
+                   help="on a CPU: timings only, without the child process that measures each row's peak memory "
+                        "(one more call per row, twice as slow)")
     p.add_argument("--peaks-only", action="store_true", help=argparse.SUPPRESS)  # the child of cpu_peaks
     args = p.parse_args(argv)
     args.load_start = os.getloadavg()[0]  # other processes' load on this machine shows in the timings
@@ -747,7 +752,9 @@ def main(argv=None) -> int:
             table = batch_report(args, device, fast, results, argv)
         else:
             results = measure(pipe, rows, args, target, surrogate)
-            if device.type == "cpu":
+            if device.type == "cpu" and args.no_peaks:
+                results = {name: (seconds, None, images) for name, (seconds, _, images) in results.items()}
+            elif device.type == "cpu":
                 pipe = surrogate = None  # the child measuring peaks builds its own models
                 release_memory()
                 peaks = cpu_peaks(argv)
@@ -794,9 +801,13 @@ def report(args, device, fast, results, argv, storage=None) -> str:
     reference = results[reference_row][2] if reference_row else None
     reference_name = "released" if reference_row == "gradop+ released" else "gradop default"
     lines = header(args, device, argv, f"{args.size}², {args.steps} steps, batch {args.batch}, N={args.grad_steps}", fast)
+    if args.quick and args.config in QUICK_DEPTH:
+        lines.insert(-1, f"Quick: {QUICK_DEPTH[args.config]}, every width as in the full model; the denoiser's share of "
+                         "a run is smaller than at full depth, so the ratios to text2img are upper bounds.")
     if storage is not None:
         stored, computed = str(storage).split('.')[1], str(fast).split('.')[1]
-        lines.insert(-1, f"Weights: the UNet's and text encoders' convolutions and linear layers stored in {stored}, "
+        denoiser = "transformer" if args.config in FLOW_VAE_SCALING else "UNet"
+        lines.insert(-1, f"Weights: the {denoiser}'s and text encoders' convolutions and linear layers stored in {stored}, "
                          f"each converted to {computed} just before it runs (`store_weights`); their norms and "
                          f"embeddings, the VAE and the painting decoder in {computed}.")
     lines += [f"| variant | seconds | × text2img | peak memory (MB) | max abs. difference to {reference_name} |",
@@ -806,7 +817,7 @@ def report(args, device, fast, results, argv, storage=None) -> str:
         diff = "" if reference is None or row in ("text2img", "sdedit 0.8") or row == reference_row and \
             reference_row != "gradop+ released" else \
             f"{float((images - reference).abs().max()):.1e}" if images.shape == reference.shape else "other size"
-        lines.append(f"| {row} | {seconds:.2f} | {seconds / base:.2f} | {peak:.0f} | {diff} |")
+        lines.append(f"| {row} | {seconds:.2f} | {seconds / base:.2f} | {'—' if peak is None else f'{peak:.0f}'} | {diff} |")
     return "\n".join(lines)
 
 

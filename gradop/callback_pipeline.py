@@ -254,7 +254,11 @@ class CallbackPipeline:
         pipe = self.pipeline
         if getattr(pipe, "transformer", None) is None:
             return [TokenSpan(pipe.tokenizer)], pipe.tokenizer.model_max_length
-        default = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+        known = inspect.signature(type(pipe).__call__).parameters.get("max_sequence_length")
+        if known is None or not hasattr(pipe, "tokenizer_3") and not hasattr(pipe, "_pack_latents"):
+            raise ValueError(f"regions and attention_store: gradop reads the text tokens of Stable Diffusion, SDXL, SD3 "
+                             f"and FLUX, not of {type(pipe).__name__}")
+        default = known.default
         t5_length = checks.check_count(extra.get("max_sequence_length", default), "max_sequence_length", 1)
         if t5_length > 512:
             raise ValueError(f"max_sequence_length must be at most 512 (T5's limit), got {t5_length}")
@@ -268,9 +272,11 @@ class CallbackPipeline:
 
     def _binding(self, prompts, paintings, batch, size, settings, extra) -> RegionBinding | None:
         regions, store = settings["regions"], settings["attention_store"]
+        if not regions and store is None:
+            return None
         spans, text_length = self._text_spans(extra)
         if not regions:
-            return None if store is None else RegionBinding.empty(batch, size, store, text_length)
+            return RegionBinding.empty(batch, size, store, text_length)
         clip = [self.pipeline.tokenizer, getattr(self.pipeline, "tokenizer_2", None)]
         tokenizers = [t for t in clip if t is not None and type(t).__name__.startswith("CLIP")]
         for phrase in {spec if isinstance(spec, str) else spec[0] for spec in regions.values()}:

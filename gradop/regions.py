@@ -347,13 +347,17 @@ class JointRegionAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
                  *args, **kwargs):
         binding = self.binding
+
         def wrapped(rows):
             return self.processor(attn, hidden_states[rows], None if encoder_hidden_states is None else
                                   encoder_hidden_states[rows], attention_mask, image_rotary_emb, *args, **kwargs)
 
         image_only = self.kind == "sd3" and encoder_hidden_states is None
-        if attention_mask is not None or image_only or not (binding.biased or binding.store) or binding.paused:
+        if image_only or not (binding.biased or binding.store) or binding.paused:
             return wrapped(slice(None))
+        if attention_mask is not None:  # a mask this softmax does not apply would be a silently different layer
+            raise ValueError("regions cannot be combined with an attention mask in joint attention (passed through "
+                             "joint_attention_kwargs); leave one of them out")
         split = hidden_states.shape[0] - binding.batch_size  # rows before this are the unconditional branch
         rows = slice(split, None)
         text = encoder_hidden_states[rows] if encoder_hidden_states is not None else None

@@ -12,6 +12,15 @@ The optimisation decodes *noisy* latents (GradOP+ works on z_t early in the sche
 learns the teacher on z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε at every noise level, not only on clean latents.
 Loss: L1 on the images plus L1 on their blurred versions (the toy's painting function: what the painting loss
 compares). The latents come from every modality's renders (GradOP+ decodes photos, paintings and cartoons alike).
+
+With `--gradient-weight` w > 0 the student also learns what GradOP+ takes from it, the latent gradient of the
+painting loss, for a probe painting y (a scribble of another scene, as GradOP+ pulls a sample toward strokes it
+did not come from):
+
+    g(D) = ∇_z mean((f(D(z)) − y)²),    loss += w · mean(1 − cos(g(student), g(teacher)))
+
+so that the descent through the student moves z the way the full decoder would (the images alone matched, the
+student's gradients had cost GradOP+ realism: see above).
 """
 from __future__ import annotations
 
@@ -42,6 +51,16 @@ def tiny_decoder(scaling_factor: float) -> AutoencoderTiny:
         latent_channels=4, scaling_factor=scaling_factor)
 
 
+def painting_gradient(decoder, latents, paintings, blur, scale: float, create_graph: bool = False) -> torch.Tensor:
+    """∇_z mean((f(D(z)) − y)²) per image, at the pipeline's scaled latents z (GradOP+'s descent direction)."""
+    z = latents.detach().requires_grad_(True)
+    with torch.enable_grad():
+        decoded = ((decoder.decode(z / scale).sample + 1) / 2).clamp(0, 1)
+        loss = (blur(decoded) - paintings).square().flatten(1).mean(1).sum()
+        (gradient,) = torch.autograd.grad(loss, z, create_graph=create_graph)
+    return gradient
+
+
 def distill(args) -> Path:
     torch.manual_seed(args.seed)
     teacher = AutoencoderKL.from_pretrained(PACKAGE / "model" / "vae").eval().requires_grad_(False)
@@ -49,6 +68,7 @@ def distill(args) -> Path:
     alphas_cumprod = DDIMScheduler.from_pretrained(PACKAGE / "model" / "scheduler").alphas_cumprod
     scenes = [make_scene(seed) for seed in tqdm(range(args.scenes), desc="scenes")]
     images = as_tensor([s.renders[MODALITIES[i % len(MODALITIES)]] for i, s in enumerate(scenes)])  # every modality
+    scribbles = as_tensor([s.painting for s in scenes])  # the probes y of the gradient term
     means, stds = encode_posteriors(teacher, images)
     student = tiny_decoder(scale)
     optimizer = torch.optim.Adam(student.decoder.parameters(), lr=args.lr)
@@ -66,6 +86,11 @@ def distill(args) -> Path:
         target = decode_images(teacher, zt / scale)
         output = ((student.decode(zt / scale).sample + 1) / 2).clamp(0, 1)
         loss = F.l1_loss(output, target) + F.l1_loss(blur(output), blur(target))
+        if args.gradient_weight:
+            probes = scribbles[torch.randint(len(scribbles), (args.batch,), generator=generator)]
+            wanted = painting_gradient(teacher, zt, probes, blur, scale)
+            given = painting_gradient(student, zt, probes, blur, scale, create_graph=True)
+            loss = loss + args.gradient_weight * (1 - F.cosine_similarity(given.flatten(1), wanted.flatten(1))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -90,6 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gradient-weight", type=float, default=0.0,
+                   help="weight of matching the teacher's painting-loss gradient (0: images only, as bundled)")
     distill(p.parse_args(argv))
     return 0
 
