@@ -160,7 +160,10 @@ def store_weights(model, storage: torch.dtype, compute: torch.dtype):
 
     for name, module in model.named_modules():
         own = [p for p in module.parameters(recurse=False)]
-        stored = isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not any(k in name for k in _STORED_SKIP)
+        # T5's feed-forward output layer casts its input to the layer's weight dtype (transformers keeps it in
+        # float32): it stays in `compute`
+        stored = isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not any(k in name for k in _STORED_SKIP) \
+            and not name.endswith("DenseReluDense.wo")
         if stored:
             for param in own:
                 param.data = param.data.to(storage)

@@ -70,7 +70,7 @@ def distill(args) -> Path:
     images = as_tensor([s.renders[MODALITIES[i % len(MODALITIES)]] for i, s in enumerate(scenes)])  # every modality
     scribbles = as_tensor([s.painting for s in scenes])  # the probes y of the gradient term
     means, stds = encode_posteriors(teacher, images)
-    student = tiny_decoder(scale)
+    student = AutoencoderTiny.from_pretrained(args.init) if args.init else tiny_decoder(scale)
     optimizer = torch.optim.Adam(student.decoder.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
     blur = GaussianBlur.for_size(IMAGE_SIZE, IMAGE_SIZE, PAINTING_SIGMA_FRACTION)  # the toy's painting function
@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, help="start from this decoder (e.g. the bundled one, to "
+                   "fine-tune it on gradients) instead of random weights")
     p.add_argument("--gradient-weight", type=float, default=0.0,
                    help="weight of matching the teacher's painting-loss gradient (0: images only, as bundled)")
     distill(p.parse_args(argv))
