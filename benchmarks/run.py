@@ -186,22 +186,14 @@ def sdxl_arch_pipeline(dtype=torch.float32, storage: torch.dtype | None = None):
     to `dtype` layer by layer (`store_weights`): bfloat16 weights computed in float32 on a CPU, where the float32
     pipeline (14 GB) does not fit beside a run, and bfloat16 arithmetic is 65x slower than float32 (no AVX512-BF16)."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from gradop import CallbackPipeline, make_scheduler
     from gradop.testing import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()  # no hub tokenizer offline; the encoders keep CLIP's 49408-token embeddings
-    special = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
-                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
     builders = {
-        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text tower
-            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-            hidden_act="quick_gelu", projection_dim=768, **special)),
-        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(  # OpenCLIP ViT-bigG/14's
-            hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-            hidden_act="gelu", projection_dim=1280, **special)),
+        "text_encoder": lambda: clip_tower("L", tokenizer),
+        "text_encoder_2": lambda: clip_tower("bigG", tokenizer, projection=True),
         "vae": sdxl_arch_vae,
         "unet": lambda: UNet2DConditionModel(
             sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -211,14 +203,7 @@ def sdxl_arch_pipeline(dtype=torch.float32, storage: torch.dtype | None = None):
             cross_attention_dim=2048, addition_embed_type="text_time", addition_embed_type_num_heads=64,
             addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
     }
-    models = {}
-    for offset, (name, build) in enumerate(builders.items()):
-        torch.manual_seed(offset)
-        stored = storage not in (None, dtype) and name != "vae"
-        with default_dtype(storage if stored else dtype):  # built in its storage dtype: no float32 copy first
-            models[name] = build().eval()
-        if stored:
-            store_weights(models[name], storage, dtype)
+    models = build_models(builders, dtype, storage)
     xl = StableDiffusionXLPipeline(**models, tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(),
                                    scheduler=make_scheduler("ddim"), image_encoder=None, feature_extractor=None)
     return CallbackPipeline(xl)
@@ -249,20 +234,37 @@ def t5_xxl(layers: int = 24):
                                    dense_act_fn="gelu_new", pad_token_id=0, eos_token_id=1)).eval()
 
 
-def clip_towers(tokenizer):
-    """CLIP ViT-L/14's and OpenCLIP ViT-bigG/14's text towers (with projections), random weights."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+CLIP_TOWERS = {  # text towers: CLIP ViT-L/14 ("L") and OpenCLIP ViT-bigG/14 ("bigG")
+    "L": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+              hidden_act="quick_gelu", projection_dim=768),
+    "bigG": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                 hidden_act="gelu", projection_dim=1280),
+}
 
-    special = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
-                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    large = lambda: CLIPTextModelWithProjection(CLIPTextConfig(  # noqa: E731
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-        hidden_act="quick_gelu", projection_dim=768, **special))
-    big_g = lambda: CLIPTextModelWithProjection(CLIPTextConfig(  # noqa: E731
-        hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, hidden_act="gelu",
-        projection_dim=1280, **special))
-    return large, big_g
+
+def clip_tower(tower: str, tokenizer, projection: bool = False):
+    """A CLIP text tower of `CLIP_TOWERS`, random weights, with CLIP's 49408-token vocabulary; `projection`: with its
+    text projection (SDXL's second encoder, both of SD3's)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, **CLIP_TOWERS[tower])
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def build_models(builders: dict, dtype, storage: torch.dtype | None) -> dict:
+    """name -> module from each builder, seeded by its place; every module but the VAE is built in `storage` (no
+    float32 copy first) and computed in `dtype` (`store_weights`)."""
+    models = {}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(offset)
+        stored = storage not in (None, dtype) and name != "vae"
+        with default_dtype(storage if stored else dtype):
+            models[name] = build().eval()
+        if stored:
+            store_weights(models[name], storage, dtype)
+    return models
 
 
 def flow_arch_pipeline(config: str, dtype=torch.float32, storage: torch.dtype | None = None, quick: bool = False):
@@ -276,7 +278,8 @@ def flow_arch_pipeline(config: str, dtype=torch.float32, storage: torch.dtype | 
     from gradop.testing import tiny_t5_tokenizer, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()  # no hub tokenizers offline; the encoders keep their full vocabularies
-    large, big_g = clip_towers(tokenizer)
+    large = lambda: clip_tower("L", tokenizer, projection=True)  # noqa: E731
+    big_g = lambda: clip_tower("bigG", tokenizer, projection=True)  # noqa: E731
     if config == "sd3-arch":
         builders = {
             "text_encoder": large, "text_encoder_2": big_g, "vae": lambda: flow_arch_vae(config),
@@ -289,21 +292,14 @@ def flow_arch_pipeline(config: str, dtype=torch.float32, storage: torch.dtype | 
             builders["text_encoder_3"] = t5_xxl
     else:
         builders = {
-            "text_encoder": lambda: _clip_l_plain(tokenizer),
+            "text_encoder": lambda: clip_tower("L", tokenizer),  # FLUX reads its pooled output
             "text_encoder_2": lambda: t5_xxl(2 if quick else 24), "vae": lambda: flow_arch_vae(config),
             "transformer": lambda: FluxTransformer2DModel(  # FLUX.1-dev: 19 double + 38 single blocks, 24 heads x 128
                 patch_size=1, in_channels=64, num_layers=2 if quick else 19, num_single_layers=4 if quick else 38,
                 attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
                 guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
         }
-    models = {}
-    for offset, (name, build) in enumerate(builders.items()):
-        torch.manual_seed(offset)
-        stored = storage not in (None, dtype) and name != "vae"
-        with default_dtype(storage if stored else dtype):
-            models[name] = build().eval()
-        if stored:
-            store_weights(models[name], storage, dtype)
+    models = build_models(builders, dtype, storage)
     if config == "sd3-arch":
         t5 = models.pop("text_encoder_3", None)
         pipe = StableDiffusion3Pipeline(**models, tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(),
@@ -314,16 +310,6 @@ def flow_arch_pipeline(config: str, dtype=torch.float32, storage: torch.dtype | 
                                                     base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
         pipe = FluxPipeline(**models, tokenizer=tokenizer, tokenizer_2=tiny_t5_tokenizer(), scheduler=scheduler)
     return CallbackPipeline(pipe)
-
-
-def _clip_l_plain(tokenizer):
-    """CLIP ViT-L/14's text tower without projection (FLUX reads its pooled output)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5, hidden_size=768, intermediate_size=3072,
-        num_attention_heads=12, num_hidden_layers=12, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
 
 
 def load(config: str, device: str, dtype=torch.float32, storage=None, quick=False):

@@ -173,13 +173,18 @@ class CallbackPipeline:
         return unet if unet is not None else self.pipeline.transformer
 
     @property
+    def _packed(self) -> bool:
+        """FLUX: its latents travel packed into 2x2 patches of their channels."""
+        return hasattr(self.pipeline, "_pack_latents")
+
+    @property
     def size_step(self) -> int:
         """Image sides are multiples of this: the VAE's factor, times the transformer's patch side (SD3: 2) or
         FLUX's 2x2 packing."""
         factor, transformer = self.pipeline.vae_scale_factor, getattr(self.pipeline, "transformer", None)
         if transformer is None:
             return factor
-        return factor * (2 if hasattr(self.pipeline, "_pack_latents") else transformer.config.get("patch_size", 1))
+        return factor * (2 if self._packed else transformer.config.get("patch_size", 1))
 
     def _size(self, painting, settings) -> tuple[int, int]:
         step = self.size_step
@@ -204,7 +209,7 @@ class CallbackPipeline:
         (whose colours come from `region_image`, else from `paintings`)."""
         (height, width), prompts = size, checks.check_prompts(prompt)
         batch = len(prompts) * settings["num_images_per_prompt"]
-        if hasattr(pipeline, "_pack_latents") and settings["negative_prompt"] is not None \
+        if self._packed and settings["negative_prompt"] is not None \
                 and not extra.get("true_cfg_scale", 1.0) > 1:
             raise ValueError("negative_prompt: FLUX is guidance-distilled and ignores a negative prompt unless "
                              "true_cfg_scale > 1 (e.g. true_cfg_scale=4.0, a second transformer pass per step); pass "
@@ -228,7 +233,7 @@ class CallbackPipeline:
         if extra.get("latents") is not None:
             factor, channels = pipeline.vae_scale_factor, self._denoiser.config.in_channels
             h, w = height // factor, width // factor
-            if hasattr(pipeline, "_pack_latents"):  # FLUX: 2x2 patches of its latent channels
+            if self._packed:  # FLUX: 2x2 patches of its latent channels
                 expected, what = (batch, (h // 2) * (w // 2), channels), "batch, (height / 16) (width / 16), channels"
             else:
                 expected, what = (batch, channels, h, w), f"batch, channels, height / {factor}, width / {factor}"
@@ -255,7 +260,7 @@ class CallbackPipeline:
         if getattr(pipe, "transformer", None) is None:
             return [TokenSpan(pipe.tokenizer)], pipe.tokenizer.model_max_length
         known = inspect.signature(type(pipe).__call__).parameters.get("max_sequence_length")
-        if known is None or not hasattr(pipe, "tokenizer_3") and not hasattr(pipe, "_pack_latents"):
+        if known is None or not hasattr(pipe, "tokenizer_3") and not self._packed:
             raise ValueError(f"regions and attention_store: gradop reads the text tokens of Stable Diffusion, SDXL, SD3 "
                              f"and FLUX, not of {type(pipe).__name__}")
         default = known.default

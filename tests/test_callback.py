@@ -267,14 +267,15 @@ def test_sdxl_through_the_sweep(tmp_path, painting_file):
     assert len(list((tmp_path / "sweep").glob("*.png"))) == 2
 
 
-def test_sdxl_in_the_synthesis_panel():
+@pytest.mark.parametrize("model", ["tiny-xl", "tiny-flux"])
+def test_callback_pipelines_in_the_synthesis_panel(model):
     from gradop.widgets import ScribblePad, SynthesisPanel
 
-    pipe = load_pipeline("tiny-xl", verbose=False)
+    pipe = load_pipeline(model, verbose=False)
     pad = ScribblePad(width=SIZE, height=SIZE)
     pad.load_image(painting())
     panel = SynthesisPanel(pipe, pad, prompt=PROMPT, num_inference_steps=4, work_size=SIZE)
-    assert list(panel.method.options) == ["GradOP+", "SDEdit", "Text only"]  # the methods SDXL runs here
+    assert list(panel.method.options) == ["GradOP+", "SDEdit", "Text only"]  # the methods SDXL and FLUX run here
     image = panel.synthesize("GradOP+")
     reference = pipe.gradop_plus(PROMPT, pad.image, 0.8, 3, 12, num_inference_steps=4, height=SIZE, width=SIZE,
                                  generator=torch.Generator("cpu").manual_seed(0)).images[0]

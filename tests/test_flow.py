@@ -321,21 +321,6 @@ def test_flow_models_through_the_cli_and_the_sweep(tmp_path, painting_file, mode
     assert len(list((tmp_path / "sweep").glob("*.png"))) == 2
 
 
-def test_flux_in_the_synthesis_panel():
-    from gradop import load_pipeline
-    from gradop.widgets import ScribblePad, SynthesisPanel
-
-    pipe = load_pipeline("tiny-flux", verbose=False)
-    pad = ScribblePad(width=SIZE, height=SIZE)
-    pad.load_image(painting())
-    panel = SynthesisPanel(pipe, pad, prompt=PROMPT, num_inference_steps=4)
-    assert list(panel.method.options) == ["GradOP+", "SDEdit", "Text only"]
-    image = panel.synthesize("GradOP+")
-    reference = pipe.gradop_plus(PROMPT, pad.image, 0.8, 3, 12, num_inference_steps=4, height=SIZE, width=SIZE,
-                                 generator=torch.Generator("cpu").manual_seed(0)).images[0]
-    assert np.array_equal(np.asarray(image), np.asarray(reference))
-
-
 # ---------------------------------------------------------------------- bad input
 def test_flux_needs_the_calls_size_and_a_painting_of_its_aspect():
     flux = tiny_flux_pipeline()

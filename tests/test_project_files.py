@@ -90,6 +90,15 @@ def test_there_are_five_numbered_notebooks():
     assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_"]
 
 
+def test_the_tutorials_prose_is_lean():
+    """At most 4,500 words of markdown in all five notebooks (numbers and symbols counted as words too): the pictures
+    and tables carry the claims."""
+    prose = "\n".join("".join(c["source"]) for path in NOTEBOOKS for c in json.loads(path.read_text())["cells"]
+                      if c["cell_type"] == "markdown")
+    words = len(re.findall(r"\w+", prose))
+    assert 3000 < words <= 4500, words
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebooks_open_with_goals_close_with_a_summary_and_exercises(path):
     cells = json.loads(path.read_text())["cells"]
