@@ -3,8 +3,10 @@ and how well its gradient agrees with the full decoder's.
 
     python benchmarks/painting_decoder_quality.py                       # the bundled one, 64 held-out scenes
     python benchmarks/painting_decoder_quality.py --decoder DIR ...     # also candidates (AutoencoderTiny folders)
+    python benchmarks/painting_decoder_quality.py --descent 24 12@0.2 8@0.3 --only-full   # fewer, larger steps
 
-GradOP+ at the model's declared strength and K, at each N of `--grad-steps`, on the report's held-out scenes
+GradOP+ at the model's declared strength and K, at each descent of `--descent` (N gradient steps per window, at
+Adam's learning rate, 0.1 as released, or the one after "@"), on the report's held-out scenes
 (seeds `HELD_OUT_SEED`..., never seen in training), the same generators for every decoder; batched, CPU. Each
 figure: the mean and its 95 % bootstrap interval over the scenes. A decoder "keeps" the full decoder's quality at
 an N when its realism and distance intervals overlap the full decoder's.
@@ -34,7 +36,16 @@ from gradop.toy.world import make_scene
 HERE = Path(__file__).resolve().parent
 
 
-def visited_latents(pipe, captions, paintings, generators, grad_steps: int) -> list[torch.Tensor]:
+def descent(text: str) -> tuple[int, float]:
+    """ "N" or "N@lr" -> (N, Adam's learning rate; 0.1 as released)."""
+    steps, _, lr = text.partition("@")
+    try:
+        return int(steps), float(lr or 0.1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a descent is N or N@lr (e.g. 24 or 12@0.2), got {text!r}") from None
+
+
+def visited_latents(pipe, captions, paintings, generators, grad_steps: int, lr: float) -> list[torch.Tensor]:
     """Every latent the full decoder's descent visits in a GradOP+ run (`decode_for_loss`'s inputs)."""
     seen = []
     original = optimize.decode_for_loss
@@ -45,7 +56,7 @@ def visited_latents(pipe, captions, paintings, generators, grad_steps: int) -> l
 
     optimize.decode_for_loss = recording
     try:
-        pipe.gradop_plus(captions, paintings, grad_steps_per_iter=grad_steps, painting_decoder=pipe.vae,
+        pipe.gradop_plus(captions, paintings, grad_steps_per_iter=grad_steps, lr=lr, painting_decoder=pipe.vae,
                          output_type="pt", generator=generators)
     finally:
         optimize.decode_for_loss = original
@@ -64,14 +75,18 @@ def painting_gradient(decoder, latents, target, painting_function) -> torch.Tens
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=int, default=64)
-    p.add_argument("--grad-steps", type=int, nargs="+", default=[6, 12, 24])
+    p.add_argument("--descent", type=descent, nargs="+", default=[(6, 0.1), (12, 0.1), (24, 0.1)],
+                   help="N or N@lr: gradient steps per window, at Adam's learning rate (0.1 as released)")
     p.add_argument("--decoder", type=Path, nargs="*", default=[], help="candidate painting decoders (folders)")
+    p.add_argument("--only-full", action="store_true", help="the full decoder alone (for --descent comparisons)")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     pipe = load_pipeline("toy", device="cpu", verbose=False)
     pipe.set_progress_bar_config(disable=True)
     judge = load_judge()
-    decoders = {"full decoder": pipe.vae, "painting decoder (bundled)": load_painting_decoder("toy")}
+    decoders = {"full decoder": pipe.vae}
+    if not args.only_full:
+        decoders["painting decoder (bundled)"] = load_painting_decoder("toy")
     decoders |= {f"painting decoder ({path.name})": load_painting_decoder(str(path)) for path in args.decoder}
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
     _, paintings, _, captions = scenes_tensors(scenes)
@@ -79,22 +94,24 @@ def main(argv=None) -> int:
     generators = lambda: [torch.Generator().manual_seed(i) for i in range(len(scenes))]  # noqa: E731
     sigma = pipe.config.painting_sigma_fraction
     rows = {}
-    for grad_steps in args.grad_steps:
+    for grad_steps, lr in args.descent:
         for name, decoder in decoders.items():
             start = time.perf_counter()
-            images = pipe.gradop_plus(captions, paintings, grad_steps_per_iter=grad_steps, painting_decoder=decoder,
-                                      output_type="pt", generator=generators()).images
+            images = pipe.gradop_plus(captions, paintings, grad_steps_per_iter=grad_steps, lr=lr,
+                                      painting_decoder=decoder, output_type="pt", generator=generators()).images
             seconds = (time.perf_counter() - start) / len(scenes)
-            rows[grad_steps, name] = (bootstrap(realism(images, judge).numpy()),
+            rows[grad_steps, lr, name] = (bootstrap(realism(images, judge).numpy()),
                                       bootstrap(painting_distance(images, paintings, sigma_fraction=sigma).numpy()),
                                       seconds)
-            print(f"N={grad_steps:<3} {name:<34} realism {fmt(rows[grad_steps, name][0])}  distance "
-                  f"{fmt(rows[grad_steps, name][1], 4)}  {seconds:.2f} s/image", flush=True)
+            real, distance, _ = rows[grad_steps, lr, name]
+            print(f"N={grad_steps:<3} lr={lr:<5g} {name:<34} realism {fmt(real)}  distance {fmt(distance, 4)}  "
+                  f"{seconds:.2f} s/image", flush=True)
 
     # gradient agreement along the full decoder's trajectories at the largest N
     target = torch.stack(paintings)
     painting_function = get_painting_function("gaussian", target, sigma)
-    visited = visited_latents(pipe, captions, paintings, generators(), max(args.grad_steps))
+    longest = max(args.descent)
+    visited = visited_latents(pipe, captions, paintings, generators(), *longest) if len(decoders) > 1 else []
     cosines = {name: [] for name in decoders if name != "full decoder"}
     for latents in visited:
         full = painting_gradient(pipe.vae, latents, target, painting_function).flatten(1)
@@ -107,18 +124,23 @@ def main(argv=None) -> int:
 
     plus = pipe.config.method_defaults["gradop_plus"]
     lines = [f"\n## Painting decoders on the toy model — {datetime.date.today().isoformat()}",
-             f"GradOP+ at the model's strength {plus['strength']} and K = {plus['num_iterative_steps']}, N as listed, "
+             f"GradOP+ at the model's strength {plus['strength']} and K = {plus['num_iterative_steps']}, N and Adam's "
+             "learning rate as listed, "
              f"on {args.scenes} held-out scenes (seeds {HELD_OUT_SEED}…), batched, CPU; mean [95 % bootstrap "
              "interval] over the scenes. Distance = MSE(f(x), f(y)); realism = the toy judge's photo share.",
              "Command: `python benchmarks/painting_decoder_quality.py "
              + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                        for k, v in (("scenes", args.scenes), ("grad_steps", args.grad_steps),
-                                     ("decoder", [str(d) for d in args.decoder])) if v != []) + "`\n",
-             "| N | loss through | realism | distance | s/image (batched) |", "|---:|---|---:|---:|---:|"]
-    for (grad_steps, name), (real, distance, seconds) in rows.items():
-        lines.append(f"| {grad_steps} | {name} | {fmt(real)} | {fmt(distance, 4)} | {seconds:.2f} |")
-    lines += ["", f"Gradient cosine with the full decoder along its GradOP+ trajectories (N = {max(args.grad_steps)}, "
-              f"{len(visited)} latents a scene): " + "; ".join(f"{name} {fmt(stat)}" for name, stat in agreement.items())]
+                        for k, v in (("scenes", args.scenes),
+                                     ("descent", [f"{n}@{lr:g}" if lr != 0.1 else str(n) for n, lr in args.descent]),
+                                     ("decoder", [str(d) for d in args.decoder])) if v != [])
+             + (" --only-full" if args.only_full else "") + "`\n",
+             "| N | lr | loss through | realism | distance | s/image (batched) |", "|---:|---:|---|---:|---:|---:|"]
+    for (grad_steps, lr, name), (real, distance, seconds) in rows.items():
+        lines.append(f"| {grad_steps} | {lr:g} | {name} | {fmt(real)} | {fmt(distance, 4)} | {seconds:.2f} |")
+    if agreement:
+        lines += ["", f"Gradient cosine with the full decoder along its GradOP+ trajectories (N = {longest[0]}, lr "
+                  f"{longest[1]:g}, {len(visited)} latents a scene): "
+                  + "; ".join(f"{name} {fmt(stat)}" for name, stat in agreement.items())]
     table = "\n".join(lines)
     print(table)
     if not args.no_append:

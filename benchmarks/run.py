@@ -370,9 +370,10 @@ _COMPILED = {}  # module -> its torch.compile wrapper, kept so that repeated con
 
 @contextlib.contextmanager
 def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkpointing=False, tile=None,
-               compile_models=False):
+               compile_models=False, compile_decoder=False):
     """Put `pipe` in one configuration for the duration, then restore it. `tile`: latent tile size for tiled
-    decoding (diffusers' `enable_tiling` with that size); `compile_models`: torch.compile the UNet and decoder."""
+    decoding (diffusers' `enable_tiling` with that size); `compile_models`: torch.compile the UNet and decoder;
+    `compile_decoder`: the decoder alone (the descent's cost; the sampling loop as text-only runs it)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     saved_unet, saved_dtype = getattr(pipe, "unet", None), pipe.dtype  # SD3 and FLUX: a transformer, left as it is
@@ -393,6 +394,7 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
     saved_blocks = decoder.mid_block, list(decoder.up_blocks)
     if compile_models and saved_unet is not None:
         pipe.unet = _COMPILED.setdefault(pipe.unet, torch.compile(pipe.unet))
+    if compile_models and saved_unet is not None or compile_decoder:
         # The decoder block by block: compiled whole, diffusers' `Decoder` gives its input a zero gradient
         # (torch 2.13, CPU; tests/test_performance.py checks the blocks' gradient)
         decoder.mid_block = _COMPILED.setdefault(decoder.mid_block, torch.compile(decoder.mid_block))
@@ -477,6 +479,9 @@ def variants(fast_dtype, pipe, tile: int, with_compile: bool, config: str = "sd-
     if with_compile:
         rows["+ torch.compile"] = ("gradop_plus", released | dict(compile_models=True), "full")
         rows["gradop default + torch.compile"] = ("gradop_plus", default | dict(compile_models=True), "model")
+        rows["text2img + torch.compile"] = ("text2img", default | dict(compile_models=True), None)
+        rows["gradop default + compiled decoder"] = ("gradop_plus", default | dict(compile_decoder=True), "model")
+    rows["gradop default + channels-last"] = ("gradop_plus", default | dict(channels_last=True), "model")
     return rows
 
 
@@ -521,16 +526,17 @@ class PeakMemory:
             self.peak_mb = max(self._peak, self.rss_mb()) - self._start
 
 
-def surrogate_decoder(config: str, device):
-    """The small decoder GradOP+ can differentiate through: the bundled distilled one for the toy model,
-    TAESD's architecture (random weights, same cost) for sd-arch, TAESD-XL's for sdxl-arch (madebyollin/taesdxl
-    has the same `AutoencoderTiny` configuration as madebyollin/taesd, other weights)."""
+def surrogate_decoder(config: str, device, folder: str | None = None):
+    """The small decoder GradOP+ can differentiate through: `folder` where given (`--painting-decoder`), else the
+    bundled distilled one for the toy model, TAESD's architecture (random weights, same cost) for sd-arch, TAESD-XL's
+    for sdxl-arch (madebyollin/taesdxl has the same `AutoencoderTiny` configuration as madebyollin/taesd, other
+    weights)."""
     from diffusers import AutoencoderTiny
 
-    if config == "toy":
+    if config == "toy" or folder:
         from gradop.models import load_painting_decoder
 
-        return load_painting_decoder("toy", device=device)  # distilled from the toy VAE
+        return load_painting_decoder(folder or "toy", device=device)  # toy: distilled from the toy VAE
     torch.manual_seed(0)
     with default_dtype(torch.float32):
         if config in FLOW_VAE_SCALING:  # TAESD3's and TAEF1's: the same, over 16 latent channels
@@ -591,7 +597,8 @@ def measure(pipe, rows, args, target, surrogate, batch: int | None = None):
     images = {}
     for round_ in tqdm(range(args.repeats + 1), desc=f"rounds (batch {batch or args.batch})", leave=False):
         for i, (name, row) in enumerate(rows.items()):
-            if not round_ and i and pipe.device.type == "cpu" and not row[1].get("compile_models"):
+            if not round_ and i and pipe.device.type == "cpu" and not (row[1].get("compile_models")
+                                                                        or row[1].get("compile_decoder")):
                 continue
             seconds, peak, images[name] = run_once(pipe, row, args, target, surrogate, batch or args.batch)
             if round_:  # round 0 is the warm-up (and torch.compile's compilation)
@@ -677,6 +684,8 @@ def main(argv=None) -> int:
                    help="sdxl-arch: store the UNet's and text encoders' weights in this dtype, computing in the fast "
                         "dtype (CPU default bf16: the float32 pipeline does not fit in 24 GB beside a run; GPU: same)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (UNet and decoder)")
+    p.add_argument("--painting-decoder", default=None, metavar="DIR",
+                   help="the painting decoder rows use this folder (an AutoencoderTiny or a TruncatedDecoder)")
     p.add_argument("--only", nargs="*", help="measure only these rows, by name or its beginning (text2img is "
                    "always measured, but with --decoder-memory)")
     p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
@@ -726,7 +735,7 @@ def main(argv=None) -> int:
         pipe = load(args.config, args.device, fast if large else torch.float32, storage, quick)
         args.tile = default_tile(pipe.vae_scale_factor)
         target = painting(args.size)
-        surrogate = surrogate_decoder(args.config, pipe.device)
+        surrogate = surrogate_decoder(args.config, pipe.device, args.painting_decoder)
         rows = variants(fast, pipe, args.tile, args.compile, args.config)
         if args.only:
             rows = {k: v for k, v in rows.items() if k == "text2img" or k in select(rows, args.only)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from .testing import (TINY, TINY_FLUX, TINY_NAMES, TINY_SD3, TINY_XL, tiny_flux_
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
 TOY_PAINTING_DECODER = TOY_MODEL.parent / "painting_decoder"  # distilled from the toy VAE (opt-in: load_painting_decoder)
+TOY_TRUNCATED_DECODER = TOY_MODEL.parent / "truncated_decoder"  # the toy VAE's decoder cut at 32², a distilled head
 TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
 TAESDXL = "madebyollin/taesdxl"  # the same architecture, for SDXL latents
 TAESD3 = "madebyollin/taesd3"  # over 16 latent channels, for Stable Diffusion 3 latents
@@ -292,10 +294,12 @@ def _load_stable_diffusion(dtype, scheduler):
 
 
 def load_painting_decoder(name: str = "toy", device=None, dtype=None):
-    """A small decoder for GradOP's painting loss (`painting_decoder=`): diffusers' `AutoencoderTiny`.
+    """A small decoder for GradOP's painting loss (`painting_decoder=`): diffusers' `AutoencoderTiny`, or a folder
+    of `gradop.truncated_decoder.TruncatedDecoder` (the VAE's decoder cut at a lower resolution, with a head).
 
     Args:
         name: ``"toy"`` (distilled from the toy model's VAE, bundled: `python -m gradop.toy.distill`),
+            ``"toy-truncated"`` (the toy VAE's own decoder up to 32², with a distilled head: `TruncatedDecoder`),
             ``"taesd"`` (madebyollin/taesd, for Stable Diffusion v1/v2 latents), ``"taesdxl"`` (madebyollin/taesdxl,
             for SDXL latents), ``"taesd3"`` (madebyollin/taesd3, SD3), ``"taef1"`` (madebyollin/taef1, FLUX); where
             their weights are in the local cache or can be downloaded; or a hub id or a folder.
@@ -303,11 +307,16 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
     from diffusers import AutoencoderTiny
 
     if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be 'toy', 'taesd', 'taesdxl', 'taesd3', 'taef1', a hub id or a folder, got {name!r}")
-    source = {"toy": TOY_PAINTING_DECODER, "taesd": TAESD, "taesdxl": TAESDXL, "taesd3": TAESD3, "taef1": TAEF1}.get(
-        name, name)
+        raise TypeError(f"name must be 'toy', 'toy-truncated', 'taesd', 'taesdxl', 'taesd3', 'taef1', a hub id or a "
+                        f"folder, got {name!r}")
+    source = {"toy": TOY_PAINTING_DECODER, "toy-truncated": TOY_TRUNCATED_DECODER, "taesd": TAESD, "taesdxl": TAESDXL,
+              "taesd3": TAESD3, "taef1": TAEF1}.get(name, name)
     with loading("painting decoder", str(source)):
-        decoder = AutoencoderTiny.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
+        kind = AutoencoderTiny
+        config = Path(source) / "config.json"
+        if config.is_file() and json.loads(config.read_text()).get("_class_name") == "TruncatedDecoder":
+            from .truncated_decoder import TruncatedDecoder as kind  # the VAE's decoder cut short, with a head
+        decoder = kind.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     decoder = decoder.to(device)  # (diffusers warns at a dtype cast, even to the dtype it already has)

@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-PAINTING_DECODERS = ("model", "full", "toy", "taesd", "taesdxl", "taesd3", "taef1")  # or a folder or hub id of an AutoencoderTiny
+PAINTING_DECODERS = ("model", "full", "toy", "toy-truncated", "taesd", "taesdxl", "taesd3", "taef1")  # or a folder/hub id
 
 
 def default_prompt(img_path: Path) -> str | None:
@@ -59,8 +59,8 @@ def check_painting_decoder_choice(choice, name: str = "painting_decoder") -> str
 
 def painting_decoder(pipe, choice: str):
     """A painting decoder's name as the pipeline's `painting_decoder=`: "model" gives None (the model's own
-    choice: its full VAE unless it ships a small one), "full" the VAE (as released), "toy", "taesd", a folder or
-    a hub id that `gradop.models.load_painting_decoder` loads on the pipeline's device and dtype."""
+    choice: its full VAE unless it ships a small one), "full" the VAE (as released), "toy", "toy-truncated", "taesd",
+    a folder or a hub id that `gradop.models.load_painting_decoder` loads on the pipeline's device and dtype."""
     from .models import load_painting_decoder
 
     if check_painting_decoder_choice(choice) == "model":

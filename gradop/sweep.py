@@ -10,7 +10,7 @@
               "strength": [0.6, 0.8], "grad_steps_per_iter": [6, 12]}}
 
 `fixed` and `grid` take `painting`, `prompt`, `seed` and any setting of the method; `painting_decoder` is a
-name as the `gradop` command's `--painting-decoder` takes it (model, full, toy, taesd, a folder or a hub id).
+name as the `gradop` command's `--painting-decoder` takes it (model, full, toy, toy-truncated, taesd, a folder or a hub id).
 A painting's prompt comes from the manifest beside it unless `prompt` is given; paintings are sized as by the
 `gradop` command (`gradop.runs` holds what the two share). The
 whole file is checked before the model loads (a bad key or value: one line naming the job, exit 2); a grid

@@ -181,6 +181,38 @@ def test_the_toy_model_guides_through_its_vae_and_its_distilled_decoder_is_opt_i
     assert distance["full"] < 0.6 * distance["text only"], distance
 
 
+def test_a_truncated_decoder_is_the_vaes_own_trunk_and_a_head(toy, tmp_path):
+    """`TruncatedDecoder.from_vae`: up to its cut it computes what the VAE's decoder computes (its weights, by hand
+    through the VAE's own modules); its image has the full size; it saves, loads by folder, and drives GradOP+."""
+    from gradop.models import load_painting_decoder
+    from gradop.toy.distill import main as distill
+    from gradop.truncated_decoder import TruncatedDecoder
+
+    vae = toy.vae
+    cut = TruncatedDecoder.from_vae(vae, kept_up_blocks=1)
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d = vae.decoder
+        by_hand = d.up_blocks[0](d.mid_block(d.conv_in(vae.post_quant_conv(z))))  # the VAE's first 32² features
+        torch.testing.assert_close(cut.features(z), by_hand, atol=0, rtol=0)
+        assert cut.decode(z).sample.shape == vae.decode(z).sample.shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="kept_up_blocks must be between 1 and 2"):
+        TruncatedDecoder.from_vae(vae, kept_up_blocks=3)
+
+    # a few distillation steps learn the head alone (its backward once segfaulted on channels-last features)
+    out = tmp_path / "truncated"
+    assert distill(["--truncated", "1", "--steps", "3", "--scenes", "8", "--batch", "4", "--out", str(out)]) == 0
+    loaded = load_painting_decoder(str(out))
+    assert isinstance(loaded, TruncatedDecoder)
+    trunk = {k: v for k, v in loaded.state_dict().items() if not k.startswith(("decoder.conv_norm_out", "decoder.conv_out"))}
+    assert all(torch.equal(v, cut.state_dict()[k]) for k, v in trunk.items())  # distillation left the trunk alone
+    painting = Image.open(TOY_PAINTING)
+    plus = toy.gradop_plus("a photo of a lake below snowy mountains", painting, num_inference_steps=10,
+                           grad_steps_per_iter=4, generator=gen(0), painting_decoder=loaded, output_type="pt")
+    assert torch.isfinite(plus.images).all()
+    assert all(float(w[-1].max()) < float(w[0].max()) for w in plus.loss_history)  # each window's loss falls
+
+
 def test_the_cli_picks_the_painting_decoder(toy):
     from diffusers import AutoencoderTiny
 
@@ -190,9 +222,10 @@ def test_the_cli_picks_the_painting_decoder(toy):
     assert painting_decoder(toy, "model") is None
     assert painting_decoder(toy, "full") is toy.vae
     assert isinstance(painting_decoder(toy, "toy"), AutoencoderTiny)
+    assert type(painting_decoder(toy, "toy-truncated")).__name__ == "TruncatedDecoder"
     with pytest.raises(ModelUnavailableError, match="painting decoder"):
         painting_decoder(toy, "/no/such/folder")
-    with pytest.raises(TypeError, match="painting_decoder must be one of model, full, toy, taesd"):
+    with pytest.raises(TypeError, match="painting_decoder must be one of model, full, toy, toy-truncated, taesd"):
         painting_decoder(toy, 3)
 
 

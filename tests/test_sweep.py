@@ -100,7 +100,7 @@ def test_a_painting_decoder_is_named_as_for_the_gradop_command(tmp_path, capsys)
     spec["grid"]["painting_decoder"] = [3]
     grid_file.write_text(json.dumps(spec))
     assert main([str(grid_file), "--out", str(tmp_path / "bad")]) == 2
-    assert "painting_decoder must be one of model, full, toy, taesd" in capsys.readouterr().err
+    assert "painting_decoder must be one of model, full, toy, toy-truncated, taesd" in capsys.readouterr().err
 
 
 def test_an_output_folder_that_takes_no_file_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):

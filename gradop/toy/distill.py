@@ -2,6 +2,7 @@
 GradOP+ can differentiate through instead of the full decoder (`painting_decoder=`).
 
     python -m gradop.toy.distill          # writes gradop/toy/painting_decoder/ (seed 0, a few minutes on a CPU)
+    python -m gradop.toy.distill --truncated 1 --steps 600 --scenes 1000   # gradop/toy/truncated_decoder/ (6 min)
 
 It is opt-in (`painting_decoder=load_painting_decoder("toy")`, CLI `--painting-decoder toy`): the toy pipeline
 differentiates through its full VAE decoder, as the release does, because the distilled decoder's gradients
@@ -35,12 +36,14 @@ from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler
 from tqdm.auto import tqdm
 
 from ..painting import GaussianBlur
+from ..truncated_decoder import TruncatedDecoder
 from .components import IMAGE_SIZE, PAINTING_SIGMA_FRACTION
 from .train import as_tensor, decode_images, encode_posteriors
 from .world import MODALITIES, make_scene
 
 PACKAGE = Path(__file__).parent
 TINY_DECODER = PACKAGE / "painting_decoder"  # what load_painting_decoder("toy") loads
+TRUNCATED_DECODER = PACKAGE / "truncated_decoder"  # load_painting_decoder("toy-truncated"): --truncated 1
 
 
 def tiny_decoder(scaling_factor: float) -> AutoencoderTiny:
@@ -70,8 +73,15 @@ def distill(args) -> Path:
     images = as_tensor([s.renders[MODALITIES[i % len(MODALITIES)]] for i, s in enumerate(scenes)])  # every modality
     scribbles = as_tensor([s.painting for s in scenes])  # the probes y of the gradient term
     means, stds = encode_posteriors(teacher, images)
-    student = AutoencoderTiny.from_pretrained(args.init) if args.init else tiny_decoder(scale)
-    optimizer = torch.optim.Adam(student.decoder.parameters(), lr=args.lr)
+    if args.truncated:  # the VAE's own decoder up to a lower resolution; only its head learns
+        student = TruncatedDecoder.from_vae(teacher, kept_up_blocks=args.truncated).requires_grad_(False)
+        learnt = student.head_parameters()
+        for parameter in learnt:
+            parameter.requires_grad_(True)
+    else:
+        student = AutoencoderTiny.from_pretrained(args.init) if args.init else tiny_decoder(scale)
+        learnt = list(student.decoder.parameters())
+    optimizer = torch.optim.Adam(learnt, lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
     blur = GaussianBlur.for_size(IMAGE_SIZE, IMAGE_SIZE, PAINTING_SIGMA_FRACTION)  # the toy's painting function
     generator = torch.Generator().manual_seed(args.seed)
@@ -85,7 +95,8 @@ def distill(args) -> Path:
         zt = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * torch.randn(z0.shape, generator=generator)
         target = decode_images(teacher, zt / scale)
         output = ((student.decode(zt / scale).sample + 1) / 2).clamp(0, 1)
-        loss = F.l1_loss(output, target) + F.l1_loss(blur(output), blur(target))
+        # the truncated decoder's output is blurred by construction: it is held to what the painting loss sees
+        loss = F.l1_loss(blur(output), blur(target)) + (0 if args.truncated else F.l1_loss(output, target))
         if args.gradient_weight:
             probes = scribbles[torch.randint(len(scribbles), (args.batch,), generator=generator)]
             wanted = painting_gradient(teacher, zt, probes, blur, scale)
@@ -99,17 +110,18 @@ def distill(args) -> Path:
     student.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(args.out, safe_serialization=True)
-    # AutoencoderTiny saves an alias `block_out_channels` that its own loader then warns about: drop it
-    config = json.loads((args.out / "config.json").read_text())
-    config.pop("block_out_channels", None)
-    (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if not args.truncated:  # AutoencoderTiny saves an alias `block_out_channels` its own loader then warns about
+        config = json.loads((args.out / "config.json").read_text())
+        config.pop("block_out_channels", None)
+        (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     print(f"distilled in {(time.perf_counter() - start) / 60:.1f} min, final loss {loss.item():.4f}; wrote {args.out}")
     return args.out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=TINY_DECODER)
+    p.add_argument("--out", type=Path, default=None, help="default: the bundled decoder's folder (painting_decoder/, "
+                   "or truncated_decoder/ with --truncated)")
     p.add_argument("--scenes", type=int, default=3000, help="training scenes (seeds 0 up; never the held-out ones)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
@@ -117,9 +129,21 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="start from this decoder (e.g. the bundled one, to "
                    "fine-tune it on gradients) instead of random weights")
+    p.add_argument("--truncated", type=int, default=0, metavar="K",
+                   help="distil a TruncatedDecoder instead: the VAE decoder's first K up blocks and a learnt head "
+                        "(toy: K = 1 stops at 32², where the painting blur keeps 6 %% of the Nyquist frequency)")
     p.add_argument("--gradient-weight", type=float, default=0.0,
                    help="weight of matching the teacher's painting-loss gradient (0: images only, as bundled)")
-    distill(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.truncated < 0:
+        p.error(f"--truncated must be 0 (an AutoencoderTiny) or a number of up blocks kept, got {args.truncated}")
+    args.out = args.out or (TRUNCATED_DECODER if args.truncated else TINY_DECODER)
+    if args.truncated:  # the VAE's decoder must have more up blocks than are kept
+        blocks = len(AutoencoderKL.load_config(PACKAGE / "model" / "vae")["block_out_channels"])
+        if args.truncated >= blocks:
+            p.error(f"--truncated must be between 1 and {blocks - 1} (the toy VAE's decoder has {blocks} up blocks), "
+                    f"got {args.truncated}")
+    distill(args)
     return 0
 
 

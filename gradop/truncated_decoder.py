@@ -1,0 +1,99 @@
+"""A painting decoder that stops where the painting function stops seeing: the VAE's own decoder, cut at a lower
+resolution, with a small head distilled to give the image the painting loss compares.
+
+The painting loss compares f(D(z)) with the painting, f a Gaussian blur of σ pixels. The blur keeps a frequency k
+(cycles per pixel) by exp(−2π²σ²k²): at the toy's σ = 1.5 px on 64², the Nyquist frequency of a 32² image
+(k = 1/4) keeps 6 %. So the decoder's layers at full resolution, the costly ones, make detail the loss cannot see.
+`TruncatedDecoder` runs the VAE decoder's layers up to a lower resolution (their weights, frozen: the gradient
+through them is the full decoder's), then a small head to RGB, upsampled bilinearly to the full size:
+
+    D̃(z) = up(head(trunk(z))),     trunk = post_quant_conv, conv_in, mid block, the first `kept_up_blocks` up blocks
+
+Only the head is learnt (`gradop.toy.distill --truncated`), on f(D̃(z)) ≈ f(D(z)).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import Decoder, DecoderOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+class TruncatedDecoder(ModelMixin, ConfigMixin):
+    """`AutoencoderKL`'s decoder, cut after `kept_up_blocks` up blocks, with a head of `head_channels` to RGB;
+    a `painting_decoder=` for GradOP (`decode(z).sample`, the VAE's `scaling_factor` and `shift_factor`)."""
+
+    @register_to_config
+    def __init__(self, latent_channels: int = 4, block_out_channels: tuple = (64,), layers_per_block: int = 1,
+                 norm_num_groups: int = 32, act_fn: str = "silu", mid_block_add_attention: bool = True,
+                 use_post_quant_conv: bool = True, scaling_factor: float = 0.18215, shift_factor: float | None = None,
+                 kept_up_blocks: int = 1, head_channels: int = 32):
+        super().__init__()
+        blocks = len(block_out_channels)
+        if not 1 <= kept_up_blocks < blocks:
+            raise ValueError(f"kept_up_blocks must be between 1 and {blocks - 1} (the decoder has {blocks} up "
+                             f"blocks), got {kept_up_blocks}")
+        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        trunk = Decoder(in_channels=latent_channels, out_channels=3, up_block_types=("UpDecoderBlock2D",) * blocks,
+                        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+                        norm_num_groups=norm_num_groups, act_fn=act_fn, mid_block_add_attention=mid_block_add_attention)
+        trunk.up_blocks = trunk.up_blocks[:kept_up_blocks]
+        channels = list(reversed(block_out_channels))[kept_up_blocks - 1]
+        trunk.conv_norm_out = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
+        trunk.conv_out = nn.Sequential(nn.Conv2d(channels, head_channels, 3, padding=1), nn.SiLU(),
+                                       nn.Conv2d(head_channels, 3, 3, padding=1))
+        self.decoder = trunk
+        self.upscale = 2 ** (blocks - 1 - kept_up_blocks)  # the upsamplers cut off (the last up block has none)
+
+    @classmethod
+    def from_vae(cls, vae: AutoencoderKL, kept_up_blocks: int = 1, head_channels: int = 32) -> "TruncatedDecoder":
+        """The trunk of `vae`'s decoder (its weights copied) and a fresh head."""
+        c = vae.config
+        model = cls(latent_channels=c.latent_channels, block_out_channels=tuple(c.block_out_channels),
+                    layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups, act_fn=c.act_fn,
+                    mid_block_add_attention=c.get("mid_block_add_attention", True),
+                    use_post_quant_conv=c.get("use_post_quant_conv", True), scaling_factor=c.scaling_factor,
+                    shift_factor=c.get("shift_factor"), kept_up_blocks=kept_up_blocks, head_channels=head_channels)
+        source = vae.state_dict()
+        trunk = {k: v for k, v in model.state_dict().items()
+                 if not k.startswith(("decoder.conv_norm_out", "decoder.conv_out"))}
+        missing = [k for k in trunk if k not in source or source[k].shape != trunk[k].shape]
+        if missing:
+            raise ValueError(f"the VAE's decoder does not match its config: {missing[:3]}")
+        model.load_state_dict({k: source[k] for k in trunk}, strict=False)
+        model = model.to(vae.device)
+        return model if model.dtype == vae.dtype else model.to(dtype=vae.dtype)
+
+    def head_parameters(self):
+        """What distillation learns: the head (the trunk stays the VAE's)."""
+        return [*self.decoder.conv_norm_out.parameters(), *self.decoder.conv_out.parameters()]
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """The trunk's output: the VAE decoder's features at the cut."""
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        d = self.decoder
+        sample = d.mid_block(d.conv_in(z))
+        for block in d.up_blocks:
+            sample = block(sample)
+        return sample
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Features at the cut -> the image in [-1, 1] at full size."""
+        d = self.decoder
+        # contiguous: the upsampler's convolution hands back channels-last features, and GroupNorm's backward on
+        # those segfaults when they need no gradient (torch 2.13, CPU), as in distillation
+        image = d.conv_out(d.conv_act(d.conv_norm_out(features.contiguous())))
+        if self.upscale > 1:
+            image = F.interpolate(image, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        return image
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        image = self.head(self.features(z))
+        return DecoderOutput(sample=image) if return_dict else (image,)
+
+    def forward(self, z: torch.Tensor):
+        return self.decode(z)
