@@ -2,7 +2,7 @@
 and how well its gradient agrees with the full decoder's.
 
     python benchmarks/painting_decoder_quality.py                       # the bundled one, 64 held-out scenes
-    python benchmarks/painting_decoder_quality.py --decoder DIR ...     # also candidates (AutoencoderTiny folders)
+    python benchmarks/painting_decoder_quality.py --decoder DIR ...     # also candidates (load_painting_decoder folders)
     python benchmarks/painting_decoder_quality.py --descent 24 12@0.2 8@0.3 --only-full   # fewer, larger steps
 
 GradOP+ at the model's declared strength and K, at each descent of `--descent` (N gradient steps per window, at
@@ -38,11 +38,14 @@ HERE = Path(__file__).resolve().parent
 
 def descent(text: str) -> tuple[int, float]:
     """ "N" or "N@lr" -> (N, Adam's learning rate; 0.1 as released)."""
-    steps, _, lr = text.partition("@")
+    steps, at, lr = text.partition("@")
     try:
-        return int(steps), float(lr or 0.1)
+        steps, lr = int(steps), float(lr if at else 0.1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a descent is N or N@lr (e.g. 24 or 12@0.2), got {text!r}") from None
+    if steps < 0 or not lr > 0:
+        raise argparse.ArgumentTypeError(f"a descent needs N >= 0 and a learning rate > 0, got {text!r}")
+    return steps, lr
 
 
 def visited_latents(pipe, captions, paintings, generators, grad_steps: int, lr: float) -> list[torch.Tensor]:
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--descent", type=descent, nargs="+", default=[(6, 0.1), (12, 0.1), (24, 0.1)],
                    help="N or N@lr: gradient steps per window, at Adam's learning rate (0.1 as released)")
     p.add_argument("--decoder", type=Path, nargs="*", default=[], help="candidate painting decoders (folders)")
-    p.add_argument("--only-full", action="store_true", help="the full decoder alone (for --descent comparisons)")
+    p.add_argument("--only-full", action="store_true", help="leave the bundled small decoder out (the full one and any --decoder remain)")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     pipe = load_pipeline("toy", device="cpu", verbose=False)

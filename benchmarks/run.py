@@ -394,7 +394,7 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
     saved_blocks = decoder.mid_block, list(decoder.up_blocks)
     if compile_models and saved_unet is not None:
         pipe.unet = _COMPILED.setdefault(pipe.unet, torch.compile(pipe.unet))
-    if compile_models and saved_unet is not None or compile_decoder:
+    if (compile_models and saved_unet is not None) or compile_decoder:
         # The decoder block by block: compiled whole, diffusers' `Decoder` gives its input a zero gradient
         # (torch 2.13, CPU; tests/test_performance.py checks the blocks' gradient)
         decoder.mid_block = _COMPILED.setdefault(decoder.mid_block, torch.compile(decoder.mid_block))
@@ -624,11 +624,11 @@ def peaks_only(pipe, rows, args, target, surrogate) -> dict:
     return {name: run_once(pipe, row, args, target, surrogate, args.batch)[1] for name, row in rows.items()}
 
 
-def decoder_rows(config: str, tile: int) -> dict:
-    """name -> (which decoder, its configuration) of `--decoder-memory`."""
+def decoder_rows(config: str, tile: int, folder: str | None = None) -> dict:
+    """name -> (which decoder, its configuration) of `--decoder-memory`; `folder`: the `--painting-decoder` given."""
     return {"frozen decoder": ("vae", {}), "+ decoder checkpointing": ("vae", dict(checkpointing=True)),
             f"+ tiled decoding ({tile}-latent tiles)": ("vae", dict(tile=tile)),
-            SURROGATE_NAME[config]: ("surrogate", {})}
+            f"painting decoder ({folder})" if folder else SURROGATE_NAME[config]: ("surrogate", {})}
 
 
 def decoder_memory(vae, scale_factor: int, surrogate, rows: dict, args, dtype) -> dict:
@@ -720,8 +720,9 @@ def main(argv=None) -> int:
     elif args.decoder_memory:
         vae, factor = load_vae(args.config, args.device)
         args.tile = default_tile(factor)
-        rows = select(decoder_rows(args.config, args.tile), args.only)
-        results = decoder_memory(vae, factor, surrogate_decoder(args.config, device), rows, args, fast)
+        rows = select(decoder_rows(args.config, args.tile, args.painting_decoder), args.only)
+        results = decoder_memory(vae, factor, surrogate_decoder(args.config, device, args.painting_decoder), rows, args,
+                                 fast)
         if args.peaks_only:
             print(json.dumps({name: peak for name, (_, peak) in results.items()}))
             return 0
@@ -812,7 +813,7 @@ def report(args, device, fast, results, argv, storage=None) -> str:
               "|---|---:|---:|---:|---:|"]
     for row, (seconds, peak, images) in results.items():
         # how far each GradOP+ variant's image is from the released configuration's (0 = identical)
-        diff = "" if reference is None or row in ("text2img", "sdedit 0.8") or row == reference_row and \
+        diff = "" if reference is None or row.startswith(("text2img", "sdedit")) or row == reference_row and \
             reference_row != "gradop+ released" else \
             f"{float((images - reference).abs().max()):.1e}" if images.shape == reference.shape else "other size"
         lines.append(f"| {row} | {seconds:.2f} | {seconds / base:.2f} | {'—' if peak is None else f'{peak:.0f}'} | {diff} |")

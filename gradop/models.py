@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -312,11 +311,11 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
     source = {"toy": TOY_PAINTING_DECODER, "toy-truncated": TOY_TRUNCATED_DECODER, "taesd": TAESD, "taesdxl": TAESDXL,
               "taesd3": TAESD3, "taef1": TAEF1}.get(name, name)
     with loading("painting decoder", str(source)):
+        local = _offline() or Path(source).is_dir()
         kind = AutoencoderTiny
-        config = Path(source) / "config.json"
-        if config.is_file() and json.loads(config.read_text()).get("_class_name") == "TruncatedDecoder":
+        if AutoencoderTiny.load_config(source, local_files_only=local).get("_class_name") == "TruncatedDecoder":
             from .truncated_decoder import TruncatedDecoder as kind  # the VAE's decoder cut short, with a head
-        decoder = kind.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir())
+        decoder = kind.from_pretrained(source, local_files_only=local)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     decoder = decoder.to(device)  # (diffusers warns at a dtype cast, even to the dtype it already has)

@@ -33,6 +33,7 @@ from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
 from .regions import AttentionStore, RegionBinding, attention_control, bind_regions, parse_regions
 from .schedulers import make_scheduler
+from .truncated_decoder import TruncatedDecoder  # imported here so that a saved pipeline holding one reloads
 
 
 @dataclass
@@ -135,11 +136,11 @@ class GradOPPipeline(DiffusionPipeline):
         unet ([`UNet2DConditionModel`]): the text-conditioned denoiser.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; `from_pretrained` defaults to the
             released DDIM configuration (`gradop.schedulers.RELEASED_DDIM_CONFIG`).
-        painting_decoder ([`AutoencoderTiny`], *optional*): a small decoder that GradOP and GradOP+'s painting loss
-            differentiates through instead of the VAE's when a call passes none. Stable Diffusion checkpoints
-            and the toy model have none (the release's full-decoder optimisation). `load_painting_decoder("toy")`
-            gives one distilled from the toy VAE (`gradop.toy.distill`): GradOP+ costs less through it, as
-            faithful but less realistic (reports/toy/report.md: judged photo 0.87 against 0.92 at N = 12).
+        painting_decoder ([`AutoencoderTiny`] or [`TruncatedDecoder`], *optional*): a cheaper decoder that GradOP and
+            GradOP+'s painting loss differentiates through instead of the VAE's when a call passes none. Stable
+            Diffusion checkpoints and the toy model have none (the release's full-decoder optimisation).
+            `load_painting_decoder("toy-truncated")` (the toy VAE's decoder cut at 32², as realistic) and
+            `load_painting_decoder("toy")` (a small one, less realistic) make GradOP+ cheaper (README, "Speed").
             (Called `guidance_decoder` before; "guidance" here means classifier-free guidance only.)
         painting_sigma_fraction (`float`, *optional*): the model's painting scale: σ of `painting_function="gaussian"`
             as a fraction of the image's shorter side, 0 < x < 0.5. `None` (the default) is the release's
@@ -155,7 +156,7 @@ class GradOPPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "prompt_embeds", X0_INPUT]  # x̂₀ of the step: see `denoise`
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | None = None,
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | TruncatedDecoder | None = None,
                  painting_sigma_fraction: float | None = None, method_defaults: dict | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

@@ -24,18 +24,24 @@ from torch import nn
 
 class TruncatedDecoder(ModelMixin, ConfigMixin):
     """`AutoencoderKL`'s decoder, cut after `kept_up_blocks` up blocks, with a head of `head_channels` to RGB;
-    a `painting_decoder=` for GradOP (`decode(z).sample`, the VAE's `scaling_factor` and `shift_factor`)."""
+    a `painting_decoder=` for GradOP (`decode(z).sample`, the VAE's `scaling_factor`, `shift_factor` and
+    `force_upcast`). No gradient checkpointing or tiling: it is the cheap path already."""
+
+    HEAD = ("decoder.conv_norm_out", "decoder.conv_out")  # the learnt part's parameter names; the rest is the VAE's
 
     @register_to_config
-    def __init__(self, latent_channels: int = 4, block_out_channels: tuple = (64,), layers_per_block: int = 1,
+    def __init__(self, latent_channels: int = 4, block_out_channels: tuple = (64, 64), layers_per_block: int = 1,
                  norm_num_groups: int = 32, act_fn: str = "silu", mid_block_add_attention: bool = True,
                  use_post_quant_conv: bool = True, scaling_factor: float = 0.18215, shift_factor: float | None = None,
-                 kept_up_blocks: int = 1, head_channels: int = 32):
+                 force_upcast: bool = False, kept_up_blocks: int = 1, head_channels: int = 32):
         super().__init__()
         blocks = len(block_out_channels)
-        if not 1 <= kept_up_blocks < blocks:
+        for name, value in (("kept_up_blocks", kept_up_blocks), ("head_channels", head_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if blocks < 2 or kept_up_blocks >= blocks:
             raise ValueError(f"kept_up_blocks must be between 1 and {blocks - 1} (the decoder has {blocks} up "
-                             f"blocks), got {kept_up_blocks}")
+                             f"blocks; a cut needs at least 2), got {kept_up_blocks}")
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         trunk = Decoder(in_channels=latent_channels, out_channels=3, up_block_types=("UpDecoderBlock2D",) * blocks,
                         block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
@@ -51,15 +57,17 @@ class TruncatedDecoder(ModelMixin, ConfigMixin):
     @classmethod
     def from_vae(cls, vae: AutoencoderKL, kept_up_blocks: int = 1, head_channels: int = 32) -> "TruncatedDecoder":
         """The trunk of `vae`'s decoder (its weights copied) and a fresh head."""
+        if not isinstance(vae, AutoencoderKL):
+            raise TypeError(f"vae must be a diffusers AutoencoderKL (its decoder is what is cut), got {type(vae).__name__}")
         c = vae.config
         model = cls(latent_channels=c.latent_channels, block_out_channels=tuple(c.block_out_channels),
                     layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups, act_fn=c.act_fn,
                     mid_block_add_attention=c.get("mid_block_add_attention", True),
                     use_post_quant_conv=c.get("use_post_quant_conv", True), scaling_factor=c.scaling_factor,
-                    shift_factor=c.get("shift_factor"), kept_up_blocks=kept_up_blocks, head_channels=head_channels)
+                    shift_factor=c.get("shift_factor"), force_upcast=bool(c.get("force_upcast", False)),
+                    kept_up_blocks=kept_up_blocks, head_channels=head_channels)
         source = vae.state_dict()
-        trunk = {k: v for k, v in model.state_dict().items()
-                 if not k.startswith(("decoder.conv_norm_out", "decoder.conv_out"))}
+        trunk = {k: v for k, v in model.state_dict().items() if not k.startswith(cls.HEAD)}
         missing = [k for k in trunk if k not in source or source[k].shape != trunk[k].shape]
         if missing:
             raise ValueError(f"the VAE's decoder does not match its config: {missing[:3]}")
@@ -69,7 +77,7 @@ class TruncatedDecoder(ModelMixin, ConfigMixin):
 
     def head_parameters(self):
         """What distillation learns: the head (the trunk stays the VAE's)."""
-        return [*self.decoder.conv_norm_out.parameters(), *self.decoder.conv_out.parameters()]
+        return [p for name, p in self.named_parameters() if name.startswith(self.HEAD)]
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         """The trunk's output: the VAE decoder's features at the cut."""

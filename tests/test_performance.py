@@ -204,8 +204,19 @@ def test_a_truncated_decoder_is_the_vaes_own_trunk_and_a_head(toy, tmp_path):
     assert distill(["--truncated", "1", "--steps", "3", "--scenes", "8", "--batch", "4", "--out", str(out)]) == 0
     loaded = load_painting_decoder(str(out))
     assert isinstance(loaded, TruncatedDecoder)
-    trunk = {k: v for k, v in loaded.state_dict().items() if not k.startswith(("decoder.conv_norm_out", "decoder.conv_out"))}
+    trunk = {k: v for k, v in loaded.state_dict().items() if not k.startswith(TruncatedDecoder.HEAD)}
     assert all(torch.equal(v, cut.state_dict()[k]) for k, v in trunk.items())  # distillation left the trunk alone
+    bundled = load_painting_decoder("toy-truncated").state_dict()  # stale if the toy VAE is retrained: redistil
+    assert all(torch.equal(bundled[k], v) for k, v in cut.state_dict().items() if not k.startswith(TruncatedDecoder.HEAD))
+    # a pipeline holding one saves and reloads in a fresh process (diffusers finds the class among imported modules)
+    import subprocess
+    import sys
+
+    saved = tmp_path / "pipeline"
+    type(toy)(**{**toy.components, "painting_decoder": loaded}).save_pretrained(saved)
+    probe = "import sys; from gradop import GradOPPipeline; print(type(GradOPPipeline.from_pretrained(sys.argv[1]).painting_decoder).__name__)"
+    reloaded = subprocess.run([sys.executable, "-c", probe, str(saved)], capture_output=True, text=True)
+    assert reloaded.stdout.strip() == "TruncatedDecoder", reloaded.stderr[-2000:]
     painting = Image.open(TOY_PAINTING)
     plus = toy.gradop_plus("a photo of a lake below snowy mountains", painting, num_inference_steps=10,
                            grad_steps_per_iter=4, generator=gen(0), painting_decoder=loaded, output_type="pt")

@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.truncated < 0:
         p.error(f"--truncated must be 0 (an AutoencoderTiny) or a number of up blocks kept, got {args.truncated}")
+    if args.truncated and args.init:
+        p.error("--init starts an AutoencoderTiny from a folder; --truncated starts from the VAE itself: pass one")
     args.out = args.out or (TRUNCATED_DECODER if args.truncated else TINY_DECODER)
     if args.truncated:  # the VAE's decoder must have more up blocks than are kept
         blocks = len(AutoencoderKL.load_config(PACKAGE / "model" / "vae")["block_out_channels"])
