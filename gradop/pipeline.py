@@ -156,7 +156,8 @@ class GradOPPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "prompt_embeds", X0_INPUT]  # x̂₀ of the step: see `denoise`
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, painting_decoder: AutoencoderTiny | TruncatedDecoder | None = None,
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin,
+                 painting_decoder: AutoencoderTiny | TruncatedDecoder | None = None,
                  painting_sigma_fraction: float | None = None, method_defaults: dict | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
