@@ -1,9 +1,10 @@
 """What a painting decoder costs GradOP+ on the toy model, against the full decoder: realism, faithfulness, time,
 and how well its gradient agrees with the full decoder's.
 
-    python benchmarks/painting_decoder_quality.py                       # the bundled one, 64 held-out scenes
+    python benchmarks/painting_decoder_quality.py                       # the model's own and the small one, 64 scenes
     python benchmarks/painting_decoder_quality.py --decoder DIR ...     # also candidates (load_painting_decoder folders)
     python benchmarks/painting_decoder_quality.py --descent 24 12@0.2 8@0.3 --only-full   # fewer, larger steps
+                                                               # (--only-full: without the small one)
 
 GradOP+ at the model's declared strength and K, at each descent of `--descent` (N gradient steps per window, at
 Adam's learning rate, 0.1 as released, or the one after "@"), on the report's held-out scenes
@@ -81,15 +82,17 @@ def main(argv=None) -> int:
     p.add_argument("--descent", type=descent, nargs="+", default=[(6, 0.1), (12, 0.1), (24, 0.1)],
                    help="N or N@lr: gradient steps per window, at Adam's learning rate (0.1 as released)")
     p.add_argument("--decoder", type=Path, nargs="*", default=[], help="candidate painting decoders (folders)")
-    p.add_argument("--only-full", action="store_true", help="leave the bundled small decoder out (the full one and any --decoder remain)")
+    p.add_argument("--only-full", action="store_true", help="leave the bundled small decoder out (the full one, the model's own and any --decoder remain)")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     pipe = load_pipeline("toy", device="cpu", verbose=False)
     pipe.set_progress_bar_config(disable=True)
     judge = load_judge()
     decoders = {"full decoder": pipe.vae}
+    if pipe.painting_decoder is not None:  # the toy's own (its VAE's decoder cut at 32²), its default
+        decoders["painting decoder (the model's own)"] = pipe.painting_decoder
     if not args.only_full:
-        decoders["painting decoder (bundled)"] = load_painting_decoder("toy")
+        decoders["painting decoder (bundled small)"] = load_painting_decoder("toy")
     decoders |= {f"painting decoder ({path.name})": load_painting_decoder(str(path)) for path in args.decoder}
     scenes = [make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)]
     _, paintings, _, captions = scenes_tensors(scenes)

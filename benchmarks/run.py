@@ -24,7 +24,8 @@ is printed and appended, with device, versions, date and command, to benchmarks/
 
 "released" is GradOP+ as the authors run it: fp32, the full decoder with its weights accumulating gradients,
 and attention without a fused kernel (torch 1.x had none). "gradop default" is GradOP+ as this package runs
-it by default (through the full decoder, frozen). The rows "+ X" are the released
+it by default (through the model's painting decoder, frozen: the full VAE for Stable Diffusion, the VAE's decoder cut
+at 32² for the toy, whose "+ full decoder" row goes through its full VAE). The rows "+ X" are the released
 configuration with optimisation X alone. "painting decoder" is a small surrogate decoder used only inside
 the optimisation: the distilled one bundled with the toy model, TAESD's architecture for sd-arch, or TAESD-XL's
 (the same `AutoencoderTiny` configuration) for sdxl-arch, random weights.
@@ -373,7 +374,8 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
                compile_models=False, compile_decoder=False):
     """Put `pipe` in one configuration for the duration, then restore it. `tile`: latent tile size for tiled
     decoding (diffusers' `enable_tiling` with that size); `compile_models`: torch.compile the UNet and decoder;
-    `compile_decoder`: the decoder alone (the descent's cost; the sampling loop as text-only runs it)."""
+    `compile_decoder`: the decoder alone (the descent's cost; the sampling loop as text-only runs it). Channels-last
+    and the decoder's compilation apply to the model's own painting decoder too (the toy's `TruncatedDecoder`)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     saved_unet, saved_dtype = getattr(pipe, "unet", None), pipe.dtype  # SD3 and FLUX: a transformer, left as it is
@@ -382,35 +384,42 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
     saved_processors = [(model, dict(model.attn_processors)) for model in models]
     if pipe.dtype != dtype:
         pipe.to(dtype=dtype)
+    painting = getattr(pipe, "painting_decoder", None)
     for model in models:
         model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
+    for model in models + ([painting] if painting is not None else []):
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if checkpointing:
         pipe.vae.enable_gradient_checkpointing()
     if tile:
         pipe.vae.enable_tiling()
         pipe.vae.tile_latent_min_size, pipe.vae.tile_sample_min_size = tile, tile * pipe.vae_scale_factor
-    decoder = pipe.vae.decoder
-    saved_blocks = decoder.mid_block, list(decoder.up_blocks)
+    # diffusers' decoders with a mid block and up blocks: the VAE's, and a TruncatedDecoder's trunk
+    decoders = [d for d in (pipe.vae.decoder, getattr(painting, "decoder", None)) if hasattr(d, "mid_block")]
+    saved_blocks = [(d, d.mid_block, list(d.up_blocks)) for d in decoders]
     if compile_models and saved_unet is not None:
         pipe.unet = _COMPILED.setdefault(pipe.unet, torch.compile(pipe.unet))
     if (compile_models and saved_unet is not None) or compile_decoder:
         # The decoder block by block: compiled whole, diffusers' `Decoder` gives its input a zero gradient
         # (torch 2.13, CPU; tests/test_performance.py checks the blocks' gradient)
-        decoder.mid_block = _COMPILED.setdefault(decoder.mid_block, torch.compile(decoder.mid_block))
-        for i, block in enumerate(saved_blocks[1]):
-            decoder.up_blocks[i] = _COMPILED.setdefault(block, torch.compile(block))
+        for decoder, mid_block, up_blocks in saved_blocks:
+            decoder.mid_block = _COMPILED.setdefault(mid_block, torch.compile(mid_block))
+            for i, block in enumerate(up_blocks):
+                decoder.up_blocks[i] = _COMPILED.setdefault(block, torch.compile(block))
     try:
         yield pipe
     finally:
         if saved_unet is not None:
             pipe.unet = saved_unet
-        decoder.mid_block = saved_blocks[0]
-        for i, block in enumerate(saved_blocks[1]):
-            decoder.up_blocks[i] = block
+        for decoder, mid_block, up_blocks in saved_blocks:
+            decoder.mid_block = mid_block
+            for i, block in enumerate(up_blocks):
+                decoder.up_blocks[i] = block
         for model, processors in saved_processors:
             model.set_attn_processor(processors)
             model.to(memory_format=torch.contiguous_format)
+        if painting is not None:
+            painting.to(memory_format=torch.contiguous_format)
         if checkpointing:
             pipe.vae.disable_gradient_checkpointing()
         pipe.vae.disable_tiling()
@@ -465,6 +474,8 @@ def variants(fast_dtype, pipe, tile: int, with_compile: bool, config: str = "sd-
         "gradop+ released": ("gradop_plus", released, "full"),
         "gradop+ (gradop default)": ("gradop_plus", default, "model"),
     }
+    if config == "toy":  # the toy's own painting decoder is its VAE's decoder cut at 32²; the full one for comparison
+        rows["gradop default + full decoder"] = ("gradop_plus", default, "full")
     rows["gradop default + painting decoder"] = ("gradop_plus", default, "surrogate")
     rows |= {
         "+ frozen decoder": ("gradop_plus", released | dict(freeze_decoder=True), "full"),
@@ -562,6 +573,7 @@ def run_once(pipe, row, args, target, surrogate, batch: int):
                     height=args.size, width=args.size, num_images_per_prompt=batch, output_type="pt")
     if method == "gradop_plus":
         settings["freeze_decoder"] = config.pop("freeze_decoder", True)
+        settings["lr"] = args.lr
     else:
         config.pop("freeze_decoder", None)
     with configured(target_of(pipe), **config):
@@ -667,7 +679,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=None,
                    help="image side (toy 64, sd-arch 512, sdxl-arch, sd3-arch and flux-arch 1024, quick 256)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (50; sd3-arch, flux-arch 28; quick 10)")
-    p.add_argument("--grad-steps", type=int, default=None, help="N, gradient steps per window (12; quick 4)")
+    p.add_argument("--grad-steps", type=int, default=None,
+                   help="N, gradient steps per window (12; quick 4; toy: the model's own, 8)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (0.1; toy: the model's own, 0.3)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--batches", type=int, nargs="*", help="images per second at these batch sizes instead (e.g. 1 4 8)")
     p.add_argument("--decoder-memory", action="store_true",
@@ -700,7 +714,12 @@ def main(argv=None) -> int:
     args.size = args.size or (64 if args.config == "toy" else 256 if quick else
                               1024 if args.config in ("sdxl-arch", *FLOW_VAE_SCALING) else 512)
     args.steps = args.steps or (10 if quick else 28 if flow else 50)
-    args.grad_steps = args.grad_steps if args.grad_steps is not None else (4 if quick else 12)
+    # the toy declares its own descent (N = 8 at lr 0.3, as far as the release's N = 24 at 0.1 would go on it)
+    from gradop.toy.components import GRADOP_PLUS_DEFAULTS as TOY
+
+    args.grad_steps = args.grad_steps if args.grad_steps is not None else (
+        TOY["grad_steps_per_iter"] if args.config == "toy" else 4 if quick else 12)
+    args.lr = args.lr if args.lr is not None else (TOY["lr"] if args.config == "toy" else 0.1)
     device = torch.device(args.device)
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     fast = dtypes[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
@@ -799,7 +818,7 @@ def report(args, device, fast, results, argv, storage=None) -> str:
     reference_row = next((r for r in ("gradop+ released", "gradop+ (gradop default)") if r in results), None)
     reference = results[reference_row][2] if reference_row else None
     reference_name = "released" if reference_row == "gradop+ released" else "gradop default"
-    lines = header(args, device, argv, f"{args.size}², {args.steps} steps, batch {args.batch}, N={args.grad_steps}", fast)
+    lines = header(args, device, argv, f"{args.size}², {args.steps} steps, batch {args.batch}, N={args.grad_steps}, lr {args.lr:g}", fast)
     if args.quick and args.config in QUICK_DEPTH:
         lines.insert(-1, f"Quick: {QUICK_DEPTH[args.config]}, every width as in the full model; the denoiser's share of "
                          "a run is smaller than at full depth, so the ratios to text2img are upper bounds.")
@@ -821,7 +840,7 @@ def report(args, device, fast, results, argv, storage=None) -> str:
 
 
 def batch_report(args, device, fast, results, argv) -> str:
-    lines = header(args, device, argv, f"throughput, {args.size}², {args.steps} steps, N={args.grad_steps}", fast)
+    lines = header(args, device, argv, f"throughput, {args.size}², {args.steps} steps, N={args.grad_steps}, lr {args.lr:g}", fast)
     batches = list(results)
     lines += ["| variant | " + " | ".join(f"images/s at batch {b} (× text2img)" for b in batches) + " |",
               "|---|" + "---:|" * len(batches)]

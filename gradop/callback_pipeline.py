@@ -100,20 +100,20 @@ class CallbackPipeline:
     # ------------------------------------------------------------------ the methods
     @synthesis_method
     def gradop_plus(self, prompt, image, strength: float | None = None, num_iterative_steps: int | None = None,
-                    grad_steps_per_iter: int | None = None, *, latents: torch.Tensor | None = None, lr: float = 0.1,
+                    grad_steps_per_iter: int | None = None, *, latents: torch.Tensor | None = None, lr: float | None = None,
                     optimizer="adam", painting_function="gaussian", blur_target: bool = False,
                     optimize_target: str = "noisy", painting_decoder=None, freeze_decoder: bool = True, **kwargs):
         """GradOP+ (single pass): the pipeline with a [`~gradop.PaintingCallback`]. Arguments as in
         [`~gradop.GradOPPipeline.gradop_plus`]; `guidance_scale=None` is the pipeline's own default;
         `painting_decoder=None` is `pipe.painting_decoder`, itself None (the VAE) unless set; keywords this method
         does not name go to the pipeline (e.g. SDXL's `original_size`). Settings left as None take the wrapped
-        pipeline's declared defaults (`config.method_defaults`), else the release's 0.8 / 3 / 12."""
+        pipeline's declared defaults (`config.method_defaults`), else the release's 0.8 / 3 / 12 and lr 0.1."""
         settings, extra = _split(kwargs)
         with naming_declared_defaults(self.pipeline, "gradop_plus", strength=strength,
                                       num_iterative_steps=num_iterative_steps):
-            strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
+            strength, num_iterative_steps, grad_steps_per_iter, lr = with_declared_defaults(
                 self.pipeline, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
-                grad_steps_per_iter=grad_steps_per_iter)
+                grad_steps_per_iter=grad_steps_per_iter, lr=lr)
             GradOPPipeline.check_inputs(
                 "gradop_plus", prompt, image, strength=strength, num_iterative_steps=num_iterative_steps,
                 grad_steps_per_iter=grad_steps_per_iter, lr=lr, optimizer=optimizer, painting_function=painting_function,

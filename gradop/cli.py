@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the binding applies during this first fraction of the steps")
     more.add_argument("--num-loops", type=int, default=None, help="--method loopback: SDEdit passes (default 2)")
     more.add_argument("--painting-decoder", "--guidance-decoder", default="model",
-                      help="the decoder GradOP's painting loss differentiates through: model (the model's own: its full VAE "
-                           "unless it ships a painting_decoder), full (the VAE, as released), toy (distilled from the toy "
-                           "VAE: faster, less realistic), toy-truncated (the toy VAE's decoder cut at 32² with a "
-                           "distilled head: faster, as realistic), taesd (SD 1), taesdxl (SDXL), taesd3 (SD3), taef1 (FLUX), or a folder "
+                      help="the decoder GradOP's painting loss differentiates through: model (the model's own: the toy's "
+                           "VAE decoder cut at 32² with a distilled head; Stable Diffusion's full VAE), full (the VAE, as "
+                           "released), toy (distilled from the toy VAE: faster, less realistic), toy-truncated (the toy's "
+                           "own, by name), taesd (SD 1), taesdxl (SDXL), taesd3 (SD3), taef1 (FLUX), or a folder "
                            "(--guidance-decoder is its old name)")
     more.add_argument("--output", default=None, help="output PNG path (default: outputs/<painting>_<method>_seed<seed>.png); "
                                                       "several images get _0, _1, ... before the suffix")

@@ -79,7 +79,8 @@ class Method:
     def describe_settings(self, pipe, **settings) -> str:
         """"GradOP+ at strength 0.6, K 3, N 12 (strength: the model's default)": the settings `pipe` will run
         with (those left `None` take `defaults_for(pipe)`), saying which came from the model's declaration."""
-        names = {"strength": "strength", "num_iterative_steps": "K", "grad_steps_per_iter": "N", "num_loops": "loops"}
+        names = {"strength": "strength", "num_iterative_steps": "K", "grad_steps_per_iter": "N", "num_loops": "loops",
+                 "lr": "lr"}
         from .checks import ARGUMENT_CHECKS
 
         self.arguments(**settings)  # a misspelt setting is a TypeError, not a description of the defaults
@@ -88,11 +89,15 @@ class Method:
                 ARGUMENT_CHECKS[key](settings[key], key)
         defaults, declared = self.defaults_for(pipe), declared_defaults(pipe, self.attribute)
         used, from_model = [], []
-        for key in (k for k in names if k in self.uses and k in defaults):
+        released = METHOD_DEFAULTS.get(self.attribute, {})
+        # Adam's lr is named only where it is not the release's (a model's declaration, or the caller's)
+        shown = [k for k in names if k in defaults and (k in self.uses or (k == "lr" and k in released and (
+            settings.get(k) or defaults[k]) != released[k]))]
+        for key in shown:
             value = settings.get(key)
             if value is None:
                 value = defaults[key]
-                if key in declared and declared[key] != METHOD_DEFAULTS.get(self.attribute, {}).get(key):
+                if key in declared and declared[key] != released.get(key):
                     from_model.append(names[key])
             used.append(f"{names[key]} {value:g}")
         note = f" ({', '.join(from_model)}: the model's own default)" if from_model else ""

@@ -1,7 +1,8 @@
 """The settings a model may declare for itself (`GradOPPipeline(method_defaults=...)`, saved in `model_index.json`).
 
-A pipeline method's `strength`, `num_iterative_steps` and `grad_steps_per_iter` left as `None` take the model's
-declared value, else `METHOD_DEFAULTS`: the release's for GradOP+ (s = 0.8, K = 3, N = 12), GradOP's own strength.
+A pipeline method's `strength`, `num_iterative_steps`, `grad_steps_per_iter` and (GradOP+) `lr` left as `None` take
+the model's declared value, else `METHOD_DEFAULTS`: the release's for GradOP+ (s = 0.8, K = 3, N = 12, Adam's
+lr 0.1), GradOP's own strength.
 The toy model declares its own (gradop/toy/components.py says how they were chosen); Stable Diffusion declares
 none. Its own module, so that `pipeline` and `methods` (which imports `pipeline`) both read it.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-METHOD_DEFAULTS = {"gradop_plus": {"strength": 0.8, "num_iterative_steps": 3, "grad_steps_per_iter": 12},
+METHOD_DEFAULTS = {"gradop_plus": {"strength": 0.8, "num_iterative_steps": 3, "grad_steps_per_iter": 12, "lr": 0.1},
                    "gradop": {"strength": 0.6}}
 
 

@@ -14,7 +14,7 @@ from .testing import (TINY, TINY_FLUX, TINY_NAMES, TINY_SD3, TINY_XL, tiny_flux_
 SD_V1_4 = "CompVis/stable-diffusion-v1-4"
 TOY_MODEL = Path(__file__).parent / "toy" / "model"
 TOY_PAINTING_DECODER = TOY_MODEL.parent / "painting_decoder"  # distilled from the toy VAE (opt-in: load_painting_decoder)
-TOY_TRUNCATED_DECODER = TOY_MODEL.parent / "truncated_decoder"  # the toy VAE's decoder cut at 32², a distilled head
+TOY_TRUNCATED_DECODER = TOY_MODEL / "painting_decoder"  # the toy model's own: its VAE's decoder cut at 32², a head
 TAESD = "madebyollin/taesd"  # the tiny decoder for Stable Diffusion v1 latents
 TAESDXL = "madebyollin/taesdxl"  # the same architecture, for SDXL latents
 TAESD3 = "madebyollin/taesd3"  # over 16 latent channels, for Stable Diffusion 3 latents
@@ -126,8 +126,8 @@ def load_pipeline(model: str = "auto", device=None, dtype=None, scheduler: str =
                                                       local_files_only=local_only)
     pipe = pipe.to(device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
     if verbose:
-        small = "; GradOP's painting loss goes through its small painting_decoder (pass painting_decoder=pipe.vae " \
-                "for the full one)" if pipe.painting_decoder is not None else ""  # a pipeline that ships one
+        small = f"; GradOP's painting loss goes through its painting_decoder ({type(pipe.painting_decoder).__name__}; " \
+                "pass painting_decoder=pipe.vae for the full VAE)" if pipe.painting_decoder is not None else ""
         print(f"gradop: model {model_label(pipe)} on {device} ({str(dtype).replace('torch.', '')}){small}",
               file=sys.stderr)
     return pipe
@@ -298,7 +298,8 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
 
     Args:
         name: ``"toy"`` (distilled from the toy model's VAE, bundled: `python -m gradop.toy.distill`),
-            ``"toy-truncated"`` (the toy VAE's own decoder up to 32², with a distilled head: `TruncatedDecoder`),
+            ``"toy-truncated"`` (the toy model's own: its VAE's decoder up to 32², with a distilled head,
+            `TruncatedDecoder`),
             ``"taesd"`` (madebyollin/taesd, for Stable Diffusion v1/v2 latents), ``"taesdxl"`` (madebyollin/taesdxl,
             for SDXL latents), ``"taesd3"`` (madebyollin/taesd3, SD3), ``"taef1"`` (madebyollin/taef1, FLUX); where
             their weights are in the local cache or can be downloaded; or a hub id or a folder.

@@ -138,17 +138,18 @@ class GradOPPipeline(DiffusionPipeline):
             released DDIM configuration (`gradop.schedulers.RELEASED_DDIM_CONFIG`).
         painting_decoder ([`AutoencoderTiny`] or [`TruncatedDecoder`], *optional*): a cheaper decoder that GradOP and
             GradOP+'s painting loss differentiates through instead of the VAE's when a call passes none. Stable
-            Diffusion checkpoints and the toy model have none (the release's full-decoder optimisation).
-            `load_painting_decoder("toy-truncated")` (the toy VAE's decoder cut at 32², as realistic) and
-            `load_painting_decoder("toy")` (a small one, less realistic) make GradOP+ cheaper (README, "Speed").
+            Diffusion checkpoints have none (the release's full-decoder optimisation); the toy model ships one, its
+            VAE's decoder cut at 32² with a distilled head (as realistic, a third of the cost: README, "Speed").
+            `painting_decoder=pipe.vae` in a call goes through the full VAE instead; `load_painting_decoder("toy")`
+            (a small `AutoencoderTiny`, less realistic) is the other opt-in.
             (Called `guidance_decoder` before; "guidance" here means classifier-free guidance only.)
         painting_sigma_fraction (`float`, *optional*): the model's painting scale: σ of `painting_function="gaussian"`
             as a fraction of the image's shorter side, 0 < x < 0.5. `None` (the default) is the release's
             σ = 7·side/512 (kernel 35, σ 7 at 512x512). Saved in and loaded from `model_index.json` (`pipe.config`).
         method_defaults (`dict`, *optional*): the model's own defaults for GradOP+ (`strength`,
-            `num_iterative_steps`, `grad_steps_per_iter`) and GradOP (`strength`), e.g.
+            `num_iterative_steps`, `grad_steps_per_iter`, `lr`) and GradOP (`strength`), e.g.
             `{"gradop_plus": {"strength": 0.6}}`; what it leaves out keeps `gradop.model_defaults.METHOD_DEFAULTS` (the
-            release's 0.8 / 3 / 12). Stable Diffusion declares none. Saved in `model_index.json` like the above.
+            release's 0.8 / 3 / 12, lr 0.1). Stable Diffusion declares none. Saved in `model_index.json` like the above.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -227,7 +228,7 @@ class GradOPPipeline(DiffusionPipeline):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
-        lr: float = 0.1,
+        lr: float | None = None,
         optimizer="adam",
         painting_function="gaussian",
         blur_target: bool = False,
@@ -270,7 +271,8 @@ class GradOPPipeline(DiffusionPipeline):
             eta (`float`, *optional*, defaults to 0.0): DDIM's eta (schedulers without it ignore it).
             generator (`torch.Generator` or a list, one per image): every random draw goes through it:
                 the start noise, then one draw per optimised step (release order).
-            lr (`float`, *optional*, defaults to 0.1): the optimiser's learning rate.
+            lr (`float`, *optional*, defaults to the model's declared default, else 0.1 as released): the
+                optimiser's learning rate.
             optimizer (`str` or `torch.optim.Optimizer` class, *optional*, defaults to `"adam"`).
             painting_function (`str` or callable, *optional*, defaults to `"gaussian"`): f. `"gaussian"` is the
                 released blur at the image's scale, σ = 7·side/512 on the shorter side (kernel 35, σ 7 at 512x512;
@@ -320,9 +322,9 @@ class GradOPPipeline(DiffusionPipeline):
         # 1. Check inputs (the settings left out take the model's declared defaults, else the release's)
         painting_decoder = _renamed_keyword(deprecated, painting_decoder)
         with naming_declared_defaults(self, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps):
-            strength, num_iterative_steps, grad_steps_per_iter = with_declared_defaults(
+            strength, num_iterative_steps, grad_steps_per_iter, lr = with_declared_defaults(
                 self, "gradop_plus", strength=strength, num_iterative_steps=num_iterative_steps,
-                grad_steps_per_iter=grad_steps_per_iter)
+                grad_steps_per_iter=grad_steps_per_iter, lr=lr)
             self.check_inputs("gradop_plus", **_arguments(locals()))
         call = self._start_call(_arguments(locals()))
 

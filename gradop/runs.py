@@ -59,7 +59,7 @@ def check_painting_decoder_choice(choice, name: str = "painting_decoder") -> str
 
 def painting_decoder(pipe, choice: str):
     """A painting decoder's name as the pipeline's `painting_decoder=`: "model" gives None (the model's own
-    choice: its full VAE unless it ships a small one), "full" the VAE (as released), "toy", "toy-truncated", "taesd",
+    choice: its full VAE unless it ships a painting decoder, as the toy does), "full" the VAE (as released), "toy", "toy-truncated", "taesd",
     a folder or a hub id that `gradop.models.load_painting_decoder` loads on the pipeline's device and dtype."""
     from .models import load_painting_decoder
 

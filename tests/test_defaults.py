@@ -9,7 +9,7 @@ from gradop.methods import METHOD_DEFAULTS, declared_defaults, get_method
 from gradop.testing import tiny_components
 
 PROMPT = "a red ball on grass"
-DECLARED = {"gradop_plus": {"strength": 0.6, "grad_steps_per_iter": 2}, "gradop": {"strength": 0.5}}
+DECLARED = {"gradop_plus": {"strength": 0.6, "grad_steps_per_iter": 2, "lr": 0.3}, "gradop": {"strength": 0.5}}
 
 
 def _declaring(**components):
@@ -22,9 +22,12 @@ def test_settings_left_out_take_the_models_declared_defaults(painting):
     pipe = _declaring()
     common = dict(num_inference_steps=10, height=32, width=32, output_type="pt")
     implicit = pipe.gradop_plus(PROMPT, painting, generator=gen(), **common)
-    explicit = pipe.gradop_plus(PROMPT, painting, 0.6, 3, 2, generator=gen(), **common)
-    released = pipe.gradop_plus(PROMPT, painting, 0.8, 3, 12, generator=gen(), **common)
+    explicit = pipe.gradop_plus(PROMPT, painting, 0.6, 3, 2, lr=0.3, generator=gen(), **common)
+    released = pipe.gradop_plus(PROMPT, painting, 0.8, 3, 12, lr=0.1, generator=gen(), **common)
     assert torch.equal(implicit.images, explicit.images)
+    # Adam's declared lr is the one the descent takes: the release's 0.1 ends elsewhere
+    assert not torch.equal(implicit.images, pipe.gradop_plus(PROMPT, painting, 0.6, 3, 2, lr=0.1, generator=gen(),
+                                                             **common).images)
     # the window starts at k0 = int(10 (1 - 0.6)) = 4: after steps 4, 5, 6, not the release's 2, 3, 4
     timesteps = pipe.get_timesteps(10).tolist()
     assert implicit.optimized_timesteps == [timesteps[i + 1] for i in (4, 5, 6)]
@@ -41,22 +44,27 @@ def test_a_declaration_is_saved_with_the_model_and_sd_declares_none(tmp_path, pi
     declaring.save_pretrained(tmp_path / "model")
     loaded = GradOPPipeline.from_pretrained(tmp_path / "model")
     assert loaded.config.method_defaults == DECLARED
-    assert declared_defaults(loaded, "gradop_plus") == {"strength": 0.6, "num_iterative_steps": 3, "grad_steps_per_iter": 2}
+    assert declared_defaults(loaded, "gradop_plus") == {"strength": 0.6, "num_iterative_steps": 3, "grad_steps_per_iter": 2,
+                                                        "lr": 0.3}
     # a pipeline that declares nothing (as Stable Diffusion's) runs the release's 0.8 / 3 / 12
     assert pipe.config.method_defaults is None
     assert declared_defaults(pipe, "gradop_plus") == METHOD_DEFAULTS["gradop_plus"] == {
-        "strength": 0.8, "num_iterative_steps": 3, "grad_steps_per_iter": 12}
+        "strength": 0.8, "num_iterative_steps": 3, "grad_steps_per_iter": 12, "lr": 0.1}
     method = get_method("gradop+")
     assert method.defaults_for(pipe)["strength"] == 0.8 and method.defaults_for(loaded)["strength"] == 0.6
-    assert method.describe_settings(loaded) == "GradOP+ at strength 0.6, K 3, N 2 (strength, N: the model's own default)"
-    assert method.describe_settings(pipe) == "GradOP+ at strength 0.8, K 3, N 12"
+    assert method.describe_settings(loaded) == \
+        "GradOP+ at strength 0.6, K 3, N 2, lr 0.3 (strength, N, lr: the model's own default)"
+    assert method.describe_settings(pipe) == "GradOP+ at strength 0.8, K 3, N 12"  # the release's lr goes unsaid
+    assert method.describe_settings(pipe, lr=0.2) == "GradOP+ at strength 0.8, K 3, N 12, lr 0.2"
     assert get_method("sdedit").defaults_for(loaded)["strength"] == 0.8  # SDEdit declares nothing
 
 
 @pytest.mark.parametrize("declared, error, message", [
     ([0.6], TypeError, "method_defaults must be a dict"),
     ({"sdedit": {"strength": 0.5}}, ValueError, "declares defaults for"),
-    ({"gradop_plus": {"lr": 0.5}}, ValueError, r"may set \['strength'"),
+    ({"gradop_plus": {"eta": 0.5}}, ValueError, r"may set \['strength'"),
+    ({"gradop": {"lr": 0.5}}, ValueError, r"may set \['strength'\]"),
+    ({"gradop_plus": {"lr": -1}}, ValueError, r"method_defaults\['gradop_plus'\]\['lr'\]"),
     ({"gradop_plus": {"strength": 1.5}}, ValueError, r"method_defaults\['gradop_plus'\]\['strength'\]"),
     ({"gradop_plus": {"grad_steps_per_iter": -1}}, ValueError, "grad_steps_per_iter"),
     ({"gradop_plus": {"strength": 0}}, ValueError, "must be > 0: at 0 there is no step left"),
@@ -72,9 +80,9 @@ def test_the_cli_says_which_defaults_it_used(tmp_path, painting, capsys):
     common = ["--model", str(tmp_path / "model"), "--img_path", str(tmp_path / "p.png"), "--prompt", PROMPT,
               "--steps", "10", "--height", "32", "--width", "32"]
     assert main(common + ["--output", str(tmp_path / "a.png")]) == 0
-    assert "GradOP+ at strength 0.6, K 3, N 2 (strength, N: the model's own default)" in capsys.readouterr().err
+    assert "GradOP+ at strength 0.6, K 3, N 2, lr 0.3 (strength, N, lr: the model's own default)" in capsys.readouterr().err
     assert main(common + ["--output", str(tmp_path / "b.png"), "--strength", "0.8"]) == 0
-    assert "GradOP+ at strength 0.8, K 3, N 2 (N: the model's own default)" in capsys.readouterr().err
+    assert "GradOP+ at strength 0.8, K 3, N 2, lr 0.3 (N, lr: the model's own default)" in capsys.readouterr().err
 
 
 def test_the_pad_panel_starts_at_the_models_defaults():
@@ -82,7 +90,7 @@ def test_the_pad_panel_starts_at_the_models_defaults():
 
     panel = SynthesisPanel(_declaring(), ScribblePad(64, 40))
     assert (panel.strength.value, panel.num_iterative_steps.value, panel.grad_steps_per_iter.value) == (0.6, 3, 2)
-    assert "strength 0.6, K 3, N 2 (strength, N: the model's own default)" in panel.defaults_note.value
+    assert "strength 0.6, K 3, N 2, lr 0.3 (strength, N, lr: the model's own default)" in panel.defaults_note.value
     panel.method.value = "SDEdit"
     assert panel.strength.value == 0.8  # SDEdit's own
     panel.method.value = "GradOP"

@@ -266,7 +266,8 @@ def test_toy_model_loads_offline_fast_and_is_small(capsys):
     folder = GradOPPipeline.from_pretrained(TOY_MODEL)
     assert type(folder.scheduler).__name__ == "DDIMScheduler"
     assert pipe.config.painting_sigma_fraction == folder.config.painting_sigma_fraction == PAINTING_SIGMA_FRACTION
-    assert pipe.painting_decoder is None  # GradOP's loss goes through the full VAE, as released
+    # GradOP's loss goes through the model's own painting decoder, its VAE's decoder cut at 32² (README, "Speed")
+    assert type(pipe.painting_decoder).__name__ == type(folder.painting_decoder).__name__ == "TruncatedDecoder"
 
 
 def _held_out(n, size=64):
@@ -462,6 +463,7 @@ def test_training_smoke_run_writes_a_loadable_pipeline_and_resumes(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     pipe = GradOPPipeline.from_pretrained(tmp_path / "out" / "model")
+    assert type(pipe.painting_decoder).__name__ == "TruncatedDecoder"  # stage 5 distilled it and declared it
     pipe.set_progress_bar_config(disable=True)
     assert pipe.text2img("a photo of a lake", num_inference_steps=2, generator=gen(), output_type="np").images.shape == (
         1, 64, 64, 3)

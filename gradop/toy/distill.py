@@ -1,18 +1,20 @@
-"""Distil the toy VAE's decoder into a tiny one (diffusers' `AutoencoderTiny`, the class of TAESD) that
-GradOP+ can differentiate through instead of the full decoder (`painting_decoder=`).
+"""Distil the toy VAE's decoder into a cheaper one that GradOP+'s painting loss differentiates through instead
+of the full decoder (`painting_decoder=`).
 
-    python -m gradop.toy.distill          # writes gradop/toy/painting_decoder/ (seed 0, a few minutes on a CPU)
-    python -m gradop.toy.distill --truncated 1 --steps 600 --scenes 1000   # gradop/toy/truncated_decoder/ (6 min)
+    python -m gradop.toy.distill --truncated 1 --steps 600 --scenes 1000   # the toy's own: model/painting_decoder/ (6 min)
+    python -m gradop.toy.distill          # the small opt-in one, gradop/toy/painting_decoder/ (a few minutes)
 
-It is opt-in (`painting_decoder=load_painting_decoder("toy")`, CLI `--painting-decoder toy`): the toy pipeline
-differentiates through its full VAE decoder, as the release does, because the distilled decoder's gradients
-cost realism (reports/toy/report.md: GradOP+ judged photo 0.87 through it at N = 12 and 0.78 at N = 24, against
-0.92 and 0.91 through the full one, equally faithful).
+With `--truncated K` it is a `TruncatedDecoder`: the VAE's own decoder, frozen, up to its K-th up block, and a
+learnt head. K = 1 (32² for the toy) is the model's default painting decoder: written into the model folder
+(`--model`, the bundled one by default) and declared in its model_index.json, so that `load_pipeline("toy")`
+carries it (`python -m gradop.toy.train` runs this as its last stage). Its realism and distance stay within the full
+decoder's intervals (benchmarks/RESULTS.md). Without `--truncated` it is an `AutoencoderTiny` (TAESD's class), opt-in
+(`load_painting_decoder("toy")`): faster, but its gradients cost realism (judged photo 0.68 against 0.96 at N = 24).
 
 The optimisation decodes *noisy* latents (GradOP+ works on z_t early in the schedule), so the student
 learns the teacher on z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε at every noise level, not only on clean latents.
 Loss: L1 on the images plus L1 on their blurred versions (the toy's painting function: what the painting loss
-compares). The latents come from every modality's renders (GradOP+ decodes photos, paintings and cartoons alike).
+compares); the truncated decoder's on the blurred ones only, as its output is blurred by construction. The latents come from every modality's renders (GradOP+ decodes photos, paintings and cartoons alike).
 
 With `--gradient-weight` w > 0 the student also learns what GradOP+ takes from it, the latent gradient of the
 painting loss, for a probe painting y (a scribble of another scene, as GradOP+ pulls a sample toward strokes it
@@ -43,7 +45,7 @@ from .world import MODALITIES, make_scene
 
 PACKAGE = Path(__file__).parent
 TINY_DECODER = PACKAGE / "painting_decoder"  # what load_painting_decoder("toy") loads
-TRUNCATED_DECODER = PACKAGE / "truncated_decoder"  # load_painting_decoder("toy-truncated"): --truncated 1
+TRUNCATED_CLASS = ["gradop.truncated_decoder", "TruncatedDecoder"]  # its entry in a pipeline's model_index.json
 
 
 def tiny_decoder(scaling_factor: float) -> AutoencoderTiny:
@@ -66,9 +68,9 @@ def painting_gradient(decoder, latents, paintings, blur, scale: float, create_gr
 
 def distill(args) -> Path:
     torch.manual_seed(args.seed)
-    teacher = AutoencoderKL.from_pretrained(PACKAGE / "model" / "vae").eval().requires_grad_(False)
+    teacher = AutoencoderKL.from_pretrained(args.model / "vae").eval().requires_grad_(False)
     scale = teacher.config.scaling_factor
-    alphas_cumprod = DDIMScheduler.from_pretrained(PACKAGE / "model" / "scheduler").alphas_cumprod
+    alphas_cumprod = DDIMScheduler.from_pretrained(args.model / "scheduler").alphas_cumprod
     scenes = [make_scene(seed) for seed in tqdm(range(args.scenes), desc="scenes")]
     images = as_tensor([s.renders[MODALITIES[i % len(MODALITIES)]] for i, s in enumerate(scenes)])  # every modality
     scribbles = as_tensor([s.painting for s in scenes])  # the probes y of the gradient term
@@ -114,14 +116,21 @@ def distill(args) -> Path:
         config = json.loads((args.out / "config.json").read_text())
         config.pop("block_out_channels", None)
         (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if args.out == args.model / "painting_decoder":  # the model's own: declare it, so that loading it loads this
+        index = args.model / "model_index.json"
+        config = json.loads(index.read_text())
+        config["painting_decoder"] = TRUNCATED_CLASS
+        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     print(f"distilled in {(time.perf_counter() - start) / 60:.1f} min, final loss {loss.item():.4f}; wrote {args.out}")
     return args.out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=None, help="default: the bundled decoder's folder (painting_decoder/, "
-                   "or truncated_decoder/ with --truncated)")
+    p.add_argument("--model", type=Path, default=PACKAGE / "model",
+                   help="the pipeline folder whose VAE is distilled (default: the bundled toy model)")
+    p.add_argument("--out", type=Path, default=None, help="default: gradop/toy/painting_decoder/, or with --truncated "
+                   "the model's own <model>/painting_decoder/ (declared in its model_index.json)")
     p.add_argument("--scenes", type=int, default=3000, help="training scenes (seeds 0 up; never the held-out ones)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
@@ -139,9 +148,11 @@ def main(argv=None) -> int:
         p.error(f"--truncated must be 0 (an AutoencoderTiny) or a number of up blocks kept, got {args.truncated}")
     if args.truncated and args.init:
         p.error("--init starts an AutoencoderTiny from a folder; --truncated starts from the VAE itself: pass one")
-    args.out = args.out or (TRUNCATED_DECODER if args.truncated else TINY_DECODER)
+    if not (args.model / "vae").is_dir():
+        p.error(f"--model must be a pipeline folder with a vae/ (e.g. gradop/toy/model), got {args.model}")
+    args.out = args.out or (args.model / "painting_decoder" if args.truncated else TINY_DECODER)
     if args.truncated:  # the VAE's decoder must have more up blocks than are kept
-        blocks = len(AutoencoderKL.load_config(PACKAGE / "model" / "vae")["block_out_channels"])
+        blocks = len(AutoencoderKL.load_config(args.model / "vae")["block_out_channels"])
         if args.truncated >= blocks:
             p.error(f"--truncated must be between 1 and {blocks - 1} (the toy VAE's decoder has {blocks} up blocks), "
                     f"got {args.truncated}")

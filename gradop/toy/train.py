@@ -1,6 +1,6 @@
 """Train the toy model and its judge from a seed: `python -m gradop.toy.train`.
 
-Four stages, each resumable from its last checkpoint in `--work-dir`:
+Five stages; the first four resume from their last checkpoint in `--work-dir`:
 
 1. VAE — L1 on pixels and on pixel differences, a texture-energy term (random-phase texture is kept
    in amplitude, not averaged away) and a small KL term, on every modality's renders and on the
@@ -20,6 +20,8 @@ Four stages, each resumable from its last checkpoint in `--work-dir`:
    bias on the true class masks of half of each batch, so that a phrase turned up in a region
    decides what the region becomes, as Stable Diffusion's cross-attention learns from its captions
    (`TrainingBinding`).
+5. The painting decoder — the VAE's decoder up to 32² with a distilled head (`gradop.toy.distill --truncated 1`,
+   6 min), what GradOP+'s painting loss differentiates through by default.
 
 The pipeline folder (safetensors) and the judge are written to `--out` (the package by default).
 Losses go to `<work-dir>/log.jsonl`. Training scenes use seeds [0, --scenes); evaluation uses
@@ -445,6 +447,13 @@ def train(args) -> None:
     pipe.save_pretrained(out / "model", safe_serialization=True)
     save_file({k: v.contiguous() for k, v in judge.cpu().state_dict().items()}, str(out / "judge.safetensors"))
     print(f"wrote {out / 'model'} and {out / 'judge.safetensors'}")
+
+    # 6. Stage 5, the painting decoder: the VAE's decoder cut at 32² and a head distilled on what the painting loss
+    # sees (gradop.toy.distill), written into model/ and declared there
+    from .distill import main as distill
+
+    budget = ["--steps", "2", "--scenes", "8", "--batch", "4"] if args.tiny else ["--steps", "600", "--scenes", "1000"]
+    distill(["--truncated", "1", "--model", str(out / "model"), "--seed", str(args.seed), *budget])
 
 
 def main(argv=None) -> int:
