@@ -720,6 +720,12 @@ def main(argv=None) -> int:
     args.grad_steps = args.grad_steps if args.grad_steps is not None else (
         TOY["grad_steps_per_iter"] if args.config == "toy" else 4 if quick else 12)
     args.lr = args.lr if args.lr is not None else (TOY["lr"] if args.config == "toy" else 0.1)
+    from gradop.checks import check_count, check_lr
+
+    try:  # before minutes of loading
+        check_lr(args.lr, "--lr"), check_count(args.grad_steps, "--grad-steps"), check_count(args.repeats, "--repeats", 1)
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
     device = torch.device(args.device)
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     fast = dtypes[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]

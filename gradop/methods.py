@@ -86,7 +86,7 @@ class Method:
         self.arguments(**settings)  # a misspelt setting is a TypeError, not a description of the defaults
         for key in names:
             if settings.get(key) is not None:
-                ARGUMENT_CHECKS[key](settings[key], key)
+                settings[key] = ARGUMENT_CHECKS[key](settings[key], key)  # plain numbers (a Fraction cannot :g)
         defaults, declared = self.defaults_for(pipe), declared_defaults(pipe, self.attribute)
         used, from_model = [], []
         released = METHOD_DEFAULTS.get(self.attribute, {})

@@ -573,7 +573,8 @@ class GradOPPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ the released pipeline's names
     def gradop_plus_stroke2img(self, prompt, stroke_img, strength=0.8, num_iterative_steps=3, grad_steps_per_iter=12,
                                generator=None, **kwargs) -> PIL.Image.Image:
-        """Drop-in for the release: GradOP+ on one painting, returning one PIL image."""
+        """Drop-in for the release: GradOP+ on one painting, returning one PIL image (the release's lr 0.1 too)."""
+        kwargs.setdefault("lr", 0.1)
         return self.gradop_plus(prompt, stroke_img, strength, num_iterative_steps, grad_steps_per_iter,
                                 generator=generator, **kwargs).images[0]
 

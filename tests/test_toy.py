@@ -477,6 +477,31 @@ def test_training_smoke_run_writes_a_loadable_pipeline_and_resumes(tmp_path):
     assert [r["step"] for r in log if r["stage"] == "binding"] == [2]  # stage 4 ran once, and was done on resuming
 
 
+@pytest.mark.parametrize("spoil, message", [
+    (lambda m: (m / "model_index.json").unlink(), "needs a model_index.json"),
+    (lambda m: (m / "model_index.json").write_text("[1, 2]"), "must hold a JSON object"),
+    (lambda m: (m / "scheduler" / "scheduler_config.json").unlink(), "scheduler/scheduler_config.json"),
+])
+def test_distilling_into_a_model_checks_the_folder_before_training(spoil, message, tmp_path, capsys):
+    import shutil
+
+    from gradop.toy.distill import main as distill
+
+    model = tmp_path / "model"
+    shutil.copytree(TOY_MODEL, model, ignore=shutil.ignore_patterns("painting_decoder"))
+    spoil(model)
+    with pytest.raises(SystemExit) as stopped:
+        distill(["--truncated", "1", "--model", str(model), "--steps", "1", "--scenes", "2"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--model" in err and message in err, err
+    assert not (model / "painting_decoder").exists()  # nothing written
+    if (model / "scheduler" / "scheduler_config.json").is_file():
+        # the small decoder's default folder is the package's: another model must say where it goes
+        with pytest.raises(SystemExit):
+            distill(["--model", str(model), "--steps", "1"])
+        assert "needs --out" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, value", [("--binding-share", "1.5"), ("--binding-share", "nan"),
                                          ("--binding-wood-scenes", "-1")])
 def test_training_rejects_bad_stage_4_settings_before_it_starts(flag, value, tmp_path):

@@ -116,7 +116,7 @@ def distill(args) -> Path:
         config = json.loads((args.out / "config.json").read_text())
         config.pop("block_out_channels", None)
         (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if args.out == args.model / "painting_decoder":  # the model's own: declare it, so that loading it loads this
+    if getattr(args, "declare", False):  # the model's own: declare it, so that loading it loads this
         index = args.model / "model_index.json"
         config = json.loads(index.read_text())
         config["painting_decoder"] = TRUNCATED_CLASS
@@ -148,9 +148,21 @@ def main(argv=None) -> int:
         p.error(f"--truncated must be 0 (an AutoencoderTiny) or a number of up blocks kept, got {args.truncated}")
     if args.truncated and args.init:
         p.error("--init starts an AutoencoderTiny from a folder; --truncated starts from the VAE itself: pass one")
-    if not (args.model / "vae").is_dir():
-        p.error(f"--model must be a pipeline folder with a vae/ (e.g. gradop/toy/model), got {args.model}")
+    for part, config in (("vae", "config.json"), ("scheduler", "scheduler_config.json")):
+        if not (args.model / part / config).is_file():
+            p.error(f"--model must be a pipeline folder with {part}/{config} (e.g. gradop/toy/model), got {args.model}")
+    if args.out is None and not args.truncated and args.model.resolve() != (PACKAGE / "model").resolve():
+        p.error("--model other than the bundled toy model needs --out: the small decoder's default folder is the "
+                "package's gradop/toy/painting_decoder/")
     args.out = args.out or (args.model / "painting_decoder" if args.truncated else TINY_DECODER)
+    args.declare = args.truncated and args.out.resolve() == (args.model / "painting_decoder").resolve()
+    if args.declare:  # checked before minutes of training, not after
+        try:
+            index = json.loads((args.model / "model_index.json").read_text())
+        except (OSError, ValueError) as err:
+            p.error(f"--model needs a model_index.json holding a JSON object to declare its painting decoder in ({err})")
+        if not isinstance(index, dict):
+            p.error(f"--model's model_index.json must hold a JSON object, got a {type(index).__name__}")
     if args.truncated:  # the VAE's decoder must have more up blocks than are kept
         blocks = len(AutoencoderKL.load_config(args.model / "vae")["block_out_channels"])
         if args.truncated >= blocks:
