@@ -44,4 +44,5 @@ fig = hero_figure({"painting\n" + textwrap.fill(f"“{PROMPT}”", 40): painting
 for ax in fig.axes:
     ax.title.set_fontsize(9)
 fig.savefig(ROOT / "reports" / "toy" / "main_command.png", dpi=80, bbox_inches="tight")
-print("wrote reports/toy/main_command.png", file=sys.stderr)
+print("wrote reports/toy/main_command.png:", numbers(made).replace("\n", ", "), "| text only:",
+      numbers(text_only[0]).replace("\n", ", "), file=sys.stderr)
