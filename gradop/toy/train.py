@@ -450,10 +450,13 @@ def train(args) -> None:
 
     # 6. Stage 5, the painting decoder: the VAE's decoder cut at 32² and a head distilled on what the painting loss
     # sees (gradop.toy.distill), written into model/ and declared there
-    from .distill import main as distill
+    # (its own process: distill imports this module's data helpers)
+    import subprocess
+    import sys
 
     budget = ["--steps", "2", "--scenes", "8", "--batch", "4"] if args.tiny else ["--steps", "600", "--scenes", "1000"]
-    distill(["--truncated", "1", "--model", str(out / "model"), "--seed", str(args.seed), *budget])
+    subprocess.run([sys.executable, "-m", "gradop.toy.distill", "--truncated", "1", "--model", str(out / "model"),
+                    "--seed", str(args.seed), *budget], check=True)
 
 
 def main(argv=None) -> int:
