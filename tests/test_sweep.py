@@ -88,14 +88,14 @@ def test_a_painting_decoder_is_named_as_for_the_gradop_command(tmp_path, capsys)
     spec = {"model": "toy", "method": "gradop+",
             "fixed": {"num_inference_steps": 4, "grad_steps_per_iter": 2, "strength": 0.8,
                       "painting": GRID["grid"]["painting"][0]},
-            "grid": {"painting_decoder": ["model", "full", "toy"]}}
+            "grid": {"painting_decoder": ["model", "full", "toy", "toy-truncated"]}}
     grid_file, out = tmp_path / "grid.json", tmp_path / "out"
     grid_file.write_text(json.dumps(spec))
     assert main([str(grid_file), "--out", str(out)]) == 0, capsys.readouterr().err
     image = {j["painting_decoder"]: (out / j["image"]).read_bytes() for j in lines(out)}
-    assert sorted(image) == ["full", "model", "toy"]
-    assert image["model"] == image["full"]  # the toy model ships no small decoder: its own choice is the VAE
-    assert image["toy"] != image["full"]  # the distilled decoder steered this one
+    assert sorted(image) == ["full", "model", "toy", "toy-truncated"]
+    assert image["model"] == image["toy-truncated"]  # the toy model's own choice: its truncated decoder
+    assert image["toy"] != image["full"] != image["model"]  # each decoder steered its own descent
 
     spec["grid"]["painting_decoder"] = [3]
     grid_file.write_text(json.dumps(spec))
