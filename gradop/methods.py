@@ -88,18 +88,15 @@ class Method:
             if settings.get(key) is not None:
                 settings[key] = ARGUMENT_CHECKS[key](settings[key], key)  # plain numbers (a Fraction cannot :g)
         defaults, declared = self.defaults_for(pipe), declared_defaults(pipe, self.attribute)
-        used, from_model = [], []
         released = METHOD_DEFAULTS.get(self.attribute, {})
-        # Adam's lr is named only where it is not the release's (a model's declaration, or the caller's)
-        shown = [k for k in names if k in defaults and (k in self.uses or (k == "lr" and k in released and (
-            settings.get(k) or defaults[k]) != released[k]))]
-        for key in shown:
-            value = settings.get(key)
-            if value is None:
-                value = defaults[key]
-                if key in declared and declared[key] != released.get(key):
-                    from_model.append(names[key])
-            used.append(f"{names[key]} {value:g}")
+        running = {k: defaults[k] if settings.get(k) is None else settings[k] for k in names if k in defaults}
+
+        def shown(key):  # the settings the method uses; Adam's lr only where it is not the release's
+            return key in self.uses or (key == "lr" and key in released and running[key] != released[key])
+
+        used = [f"{names[k]} {v:g}" for k, v in running.items() if shown(k)]
+        from_model = [names[k] for k in running if shown(k) and settings.get(k) is None
+                      and k in declared and declared[k] != released.get(k)]
         note = f" ({', '.join(from_model)}: the model's own default)" if from_model else ""
         return f"{self.label}" + (f" at {', '.join(used)}" if used else "") + note
 

@@ -37,14 +37,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler
 from tqdm.auto import tqdm
 
+from ..models import TOY_MODEL, TOY_PAINTING_DECODER
 from ..painting import GaussianBlur
 from ..truncated_decoder import TruncatedDecoder
 from .components import IMAGE_SIZE, PAINTING_SIGMA_FRACTION
 from .train import as_tensor, decode_images, encode_posteriors
 from .world import MODALITIES, make_scene
 
-PACKAGE = Path(__file__).parent
-TINY_DECODER = PACKAGE / "painting_decoder"  # what load_painting_decoder("toy") loads
 TRUNCATED_CLASS = ["gradop.truncated_decoder", "TruncatedDecoder"]  # its entry in a pipeline's model_index.json
 
 
@@ -66,7 +65,13 @@ def painting_gradient(decoder, latents, paintings, blur, scale: float, create_gr
     return gradient
 
 
-def distill(args) -> Path:
+def write_json(path: Path, config: dict) -> None:
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def distill(args, declare: bool = False) -> Path:
+    """Train the student the arguments describe and save it to `args.out`; with `declare`, also name it in
+    `args.model`'s model_index.json as the pipeline's painting decoder."""
     torch.manual_seed(args.seed)
     teacher = AutoencoderKL.from_pretrained(args.model / "vae").eval().requires_grad_(False)
     scale = teacher.config.scaling_factor
@@ -115,19 +120,17 @@ def distill(args) -> Path:
     if not args.truncated:  # AutoencoderTiny saves an alias `block_out_channels` its own loader then warns about
         config = json.loads((args.out / "config.json").read_text())
         config.pop("block_out_channels", None)
-        (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if getattr(args, "declare", False):  # the model's own: declare it, so that loading it loads this
+        write_json(args.out / "config.json", config)
+    if declare:  # the model's own: declare it, so that loading the model loads this
         index = args.model / "model_index.json"
-        config = json.loads(index.read_text())
-        config["painting_decoder"] = TRUNCATED_CLASS
-        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_json(index, json.loads(index.read_text()) | {"painting_decoder": TRUNCATED_CLASS})
     print(f"distilled in {(time.perf_counter() - start) / 60:.1f} min, final loss {loss.item():.4f}; wrote {args.out}")
     return args.out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=PACKAGE / "model",
+    p.add_argument("--model", type=Path, default=TOY_MODEL,
                    help="the pipeline folder whose VAE is distilled (default: the bundled toy model)")
     p.add_argument("--out", type=Path, default=None, help="default: gradop/toy/painting_decoder/, or with --truncated "
                    "the model's own <model>/painting_decoder/ (declared in its model_index.json)")
@@ -151,12 +154,12 @@ def main(argv=None) -> int:
     for part, config in (("vae", "config.json"), ("scheduler", "scheduler_config.json")):
         if not (args.model / part / config).is_file():
             p.error(f"--model must be a pipeline folder with {part}/{config} (e.g. gradop/toy/model), got {args.model}")
-    if args.out is None and not args.truncated and args.model.resolve() != (PACKAGE / "model").resolve():
+    if args.out is None and not args.truncated and args.model.resolve() != TOY_MODEL.resolve():
         p.error("--model other than the bundled toy model needs --out: the small decoder's default folder is the "
                 "package's gradop/toy/painting_decoder/")
-    args.out = args.out or (args.model / "painting_decoder" if args.truncated else TINY_DECODER)
-    args.declare = args.truncated and args.out.resolve() == (args.model / "painting_decoder").resolve()
-    if args.declare:  # checked before minutes of training, not after
+    args.out = args.out or (args.model / "painting_decoder" if args.truncated else TOY_PAINTING_DECODER)
+    declare = bool(args.truncated) and args.out.resolve() == (args.model / "painting_decoder").resolve()
+    if declare:  # checked before minutes of training, not after
         try:
             index = json.loads((args.model / "model_index.json").read_text())
         except (OSError, ValueError) as err:
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
         if args.truncated >= blocks:
             p.error(f"--truncated must be between 1 and {blocks - 1} (the toy VAE's decoder has {blocks} up blocks), "
                     f"got {args.truncated}")
-    distill(args)
+    distill(args, declare)
     return 0
 
 
