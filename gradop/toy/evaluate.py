@@ -568,7 +568,7 @@ def main(argv=None) -> int:
     p.add_argument("--select-defaults", type=int, default=0, metavar="SCENES",
                    help="only choose GradOP+'s defaults on this many held-out scenes (writes <out>/defaults.md)")
     p.add_argument("--free-form-only", action="store_true",
-                   help="only the free-form section, into <out>/free_form.md (minutes instead of half an hour)")
+                   help="only the free-form section, into <out>/free_form.md (minutes; the whole report takes about 50)")
     args = p.parse_args(argv)
     if args.select_defaults or args.free_form_only:
         out, pipe, judge = _prepare(args)
