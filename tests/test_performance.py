@@ -408,3 +408,24 @@ def test_the_old_keyword_guidance_decoder_still_works_with_a_warning(pipe, paint
     assert torch.equal(old, guided(pipe, painting, painting_decoder=pipe.vae))
     with pytest.raises(TypeError, match="unexpected keyword argument 'guidance_decoderr'"):
         guided(pipe, painting, guidance_decoderr=pipe.vae)
+
+
+def test_decoder_cuts_measures_tiny_decoders_cut_at_the_resolution_it_names():
+    """benchmarks/decoder_cuts.py: TAESD's layers up to an upsampling, then a head, back to the full size."""
+    import sys
+
+    from diffusers import AutoencoderTiny
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from decoder_cuts import tiny_cut
+
+    tiny = AutoencoderTiny(decoder_block_out_channels=(8, 8, 8, 8), encoder_block_out_channels=(8, 8, 8, 8)).eval()
+    z = torch.randn(1, 4, 4, 4, requires_grad=True)
+    for cut in (1, 2):
+        trunk, _, _ = decoder = tiny_cut(tiny, cut)
+        assert all(mine is theirs for mine, theirs in zip(trunk, tiny.decoder.layers))  # TAESD's own layers
+        assert trunk(z).shape[-1] == 32 // 2 ** cut  # TAESD's 32² output at 4² latents, `cut` upsamplings short
+        image = decoder(z)
+        assert image.shape == (1, 3, 32, 32)
+        (gradient,) = torch.autograd.grad(image.square().mean(), z)
+        assert gradient.abs().sum() > 0
