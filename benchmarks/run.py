@@ -385,9 +385,10 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
     if pipe.dtype != dtype:
         pipe.to(dtype=dtype)
     painting = getattr(pipe, "painting_decoder", None)
+    laid_out = models + ([painting] if painting is not None else [])  # the models channels-last applies to
     for model in models:
         model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
-    for model in models + ([painting] if painting is not None else []):
+    for model in laid_out:
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if checkpointing:
         pipe.vae.enable_gradient_checkpointing()
@@ -417,9 +418,8 @@ def configured(pipe, dtype=torch.float32, sdpa=True, channels_last=False, checkp
                 decoder.up_blocks[i] = block
         for model, processors in saved_processors:
             model.set_attn_processor(processors)
+        for model in laid_out:
             model.to(memory_format=torch.contiguous_format)
-        if painting is not None:
-            painting.to(memory_format=torch.contiguous_format)
         if checkpointing:
             pipe.vae.disable_gradient_checkpointing()
         pipe.vae.disable_tiling()
