@@ -10,7 +10,7 @@ candidates stop at a lower resolution and upsample bilinearly:
 * the full VAE decoder (as released) and `TruncatedDecoder.from_vae(vae, 1)` (the toy's own design: its trunk is
   the VAE's 512-channel layers, costly at any resolution);
 * TAESD's architecture (`AutoencoderTiny`, the baseline) whole, and cut before its last one or two upsamplings
-  with a 3×3 head to RGB (an untrained head: a design's cost, not a painting decoder to use).
+  with a head to RGB (`TruncatedTinyDecoder`, its head untrained: a design's cost, not a painting decoder to use).
 
 With `--text-only T` (seconds of text-only sampling, from benchmarks/run.py) it prints the GradOP+ / text-only
 ratio each implies: (T + steps · step) / T, GradOP+'s only excess over text-only being its descent.
@@ -30,16 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import sd_arch_vae  # noqa: E402
 
 from gradop.painting import RELEASED_SIGMA_FRACTION, GaussianBlur  # noqa: E402
-from gradop.truncated_decoder import TruncatedDecoder  # noqa: E402
-
-
-def tiny_cut(tiny, upsamplings_cut: int):
-    """TAESD's decoder without its last `upsamplings_cut` stages, a fresh head, bilinear to the full size."""
-    layers = list(tiny.decoder.layers)
-    stop = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)][-upsamplings_cut]
-    head = nn.Conv2d(layers[stop - 1].conv[-1].out_channels, 3, 3, padding=1)
-    return nn.Sequential(nn.Sequential(*layers[:stop]), head,
-                         nn.Upsample(scale_factor=2 ** upsamplings_cut, mode="bilinear"))
+from gradop.truncated_decoder import TruncatedDecoder, TruncatedTinyDecoder  # noqa: E402
 
 
 def step_ms(decode, latent_side: int, blur, target, repeats: int) -> float:
@@ -68,9 +59,10 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     vae, tiny = sd_arch_vae().eval().requires_grad_(False), AutoencoderTiny().eval().requires_grad_(False)
     truncated = TruncatedDecoder.from_vae(vae, 1).eval().requires_grad_(False)
+    halved, quartered = (TruncatedTinyDecoder.from_tiny(tiny, n).eval().requires_grad_(False) for n in (1, 2))
     candidates = {"TAESD's architecture": lambda z: tiny.decoder(z),  # first: the baseline of the ratios
-                  f"TAESD cut at {args.size // 2}²": tiny_cut(tiny, 1),
-                  f"TAESD cut at {args.size // 4}²": tiny_cut(tiny, 2),
+                  f"TAESD cut at {args.size // 2}²": lambda z: halved.decode(z).sample,
+                  f"TAESD cut at {args.size // 4}²": lambda z: quartered.decode(z).sample,
                   "full VAE decoder": lambda z: vae.decode(z).sample,
                   "TruncatedDecoder.from_vae(vae, 1)": lambda z: truncated.decode(z).sample}
     blur = GaussianBlur.for_size(args.size, args.size, RELEASED_SIGMA_FRACTION)

@@ -28,7 +28,9 @@ it by default (through the model's painting decoder, frozen: the full VAE for St
 at 32² for the toy, whose "+ full decoder" row goes through its full VAE). The rows "+ X" are the released
 configuration with optimisation X alone. "painting decoder" is a small surrogate decoder used only inside
 the optimisation: the distilled one bundled with the toy model, TAESD's architecture for sd-arch, or TAESD-XL's
-(the same `AutoencoderTiny` configuration) for sdxl-arch, random weights.
+(the same `AutoencoderTiny` configuration) for sdxl-arch, random weights. "painting decoder cut at 1/4" (the -arch
+configs) is that architecture without its last two upsamplings, with a head (`TruncatedTinyDecoder`; random weights:
+its cost, the toy measures its gradient: benchmarks/painting_decoder_quality.py).
 
 sdxl-arch is SDXL base 1.0's architecture (UNet 2.6B, VAE 84M, CLIP ViT-L/14 + OpenCLIP ViT-bigG/14 text encoders,
 random weights) run through `gradop.CallbackPipeline` (diffusers' `StableDiffusionXLPipeline` with GradOP+ as its
@@ -462,6 +464,7 @@ def variants(fast_dtype, pipe, tile: int, with_compile: bool, config: str = "sd-
             "sdedit 0.8": ("sdedit", default, None),
             "gradop+ (gradop default)": ("gradop_plus", default, "model"),
             "gradop default + painting decoder": ("gradop_plus", default, "surrogate"),
+            "gradop default + painting decoder cut at 1/4": ("gradop_plus", default, "surrogate cut"),
             "gradop default + decoder checkpointing": ("gradop_plus", default | dict(checkpointing=True), "full"),
             f"gradop default + tiled decoding ({tile}-latent tiles)": ("gradop_plus", default | dict(tile=tile),
                                                                        "full"),
@@ -477,6 +480,8 @@ def variants(fast_dtype, pipe, tile: int, with_compile: bool, config: str = "sd-
     if config == "toy":  # the toy's own painting decoder is its VAE's decoder cut at 32²; the full one for comparison
         rows["gradop default + full decoder"] = ("gradop_plus", default, "full")
     rows["gradop default + painting decoder"] = ("gradop_plus", default, "surrogate")
+    if config != "toy":  # the toy's cut one is distilled: pass its folder as --painting-decoder
+        rows["gradop default + painting decoder cut at 1/4"] = ("gradop_plus", default, "surrogate cut")
     rows |= {
         "+ frozen decoder": ("gradop_plus", released | dict(freeze_decoder=True), "full"),
         "+ SDPA attention": ("gradop_plus", released | dict(sdpa=True), "full"),
@@ -556,6 +561,19 @@ def surrogate_decoder(config: str, device, folder: str | None = None):
         return AutoencoderTiny().to(device).eval()  # TAESD's (and TAESD-XL's) default configuration
 
 
+def cut_short(surrogate):
+    """The surrogate's architecture without its last two upsamplings (a quarter of the side), a fresh head; made
+    once per surrogate and dtype."""
+    from gradop.truncated_decoder import TruncatedTinyDecoder
+
+    cut = surrogate.__dict__.get("_cut_short")
+    if cut is None or cut.dtype != surrogate.dtype:
+        torch.manual_seed(0)
+        cut = TruncatedTinyDecoder.from_tiny(surrogate, upsamplings_cut=2).eval()
+        surrogate.__dict__["_cut_short"] = cut  # not a submodule: kept out of the surrogate's parameters
+    return cut
+
+
 SURROGATE_NAME = {"toy": "painting decoder (bundled, distilled)", "sd-arch": "painting decoder (TAESD's architecture)",
                   "sdxl-arch": "painting decoder (TAESD-XL's architecture)",
                   "sd3-arch": "painting decoder (TAESD3's architecture)",
@@ -579,10 +597,10 @@ def run_once(pipe, row, args, target, surrogate, batch: int):
     with configured(target_of(pipe), **config):
         if decoder == "full":
             settings["painting_decoder"] = pipe.vae
-        elif decoder == "surrogate":
+        elif decoder in ("surrogate", "surrogate cut"):
             if surrogate.dtype != pipe.dtype:
                 surrogate.to(dtype=pipe.dtype)  # the surrogate runs in the models' dtype
-            settings["painting_decoder"] = surrogate
+            settings["painting_decoder"] = cut_short(surrogate) if decoder == "surrogate cut" else surrogate
         call = partial(get_method(method), pipe, PROMPT, target, **settings)
         seconds, peak, output = timed_call(call, pipe.device, sample=args.peaks_only)
     return seconds, peak, output.images.float().cpu()

@@ -294,7 +294,8 @@ def _load_stable_diffusion(dtype, scheduler):
 
 def load_painting_decoder(name: str = "toy", device=None, dtype=None):
     """A small decoder for GradOP's painting loss (`painting_decoder=`): diffusers' `AutoencoderTiny`, or a folder
-    of `gradop.truncated_decoder.TruncatedDecoder` (the VAE's decoder cut at a lower resolution, with a head).
+    of `gradop.truncated_decoder.TruncatedDecoder` (the VAE's decoder cut at a lower resolution, with a head) or
+    `TruncatedTinyDecoder` (TAESD's, cut the same way).
 
     Args:
         name: ``"toy"`` (distilled from the toy model's VAE, bundled: `python -m gradop.toy.distill`),
@@ -313,9 +314,11 @@ def load_painting_decoder(name: str = "toy", device=None, dtype=None):
               "taesd3": TAESD3, "taef1": TAEF1}.get(name, name)
     with loading("painting decoder", str(source)):
         local = _offline() or Path(source).is_dir()
-        kind = AutoencoderTiny
-        if AutoencoderTiny.load_config(source, local_files_only=local).get("_class_name") == "TruncatedDecoder":
-            from .truncated_decoder import TruncatedDecoder as kind  # the VAE's decoder cut short, with a head
+        from . import truncated_decoder  # decoders cut short, with a head: the VAE's or TAESD's
+
+        class_name = AutoencoderTiny.load_config(source, local_files_only=local).get("_class_name")
+        kind = {"TruncatedDecoder": truncated_decoder.TruncatedDecoder,
+                "TruncatedTinyDecoder": truncated_decoder.TruncatedTinyDecoder}.get(class_name, AutoencoderTiny)
         decoder = kind.from_pretrained(source, local_files_only=local)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)

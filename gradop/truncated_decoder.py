@@ -10,14 +10,20 @@ through them is the full decoder's), then a small head to RGB, upsampled bilinea
     D̃(z) = up(head(trunk(z))),     trunk = post_quant_conv, conv_in, mid block, the first `kept_up_blocks` up blocks
 
 Only the head is learnt (`gradop.toy.distill --truncated`), on f(D̃(z)) ≈ f(D(z)).
+
+`TruncatedTinyDecoder` is the same cut of TAESD's decoder (`AutoencoderTiny`): at Stable Diffusion's size its
+trunk, 64 channels wide, is what makes it cheap, where the VAE's 512-channel trunk stays costly at any resolution
+(benchmarks/decoder_cuts.py). Its head is distilled on the full VAE's blurred output, f(D̃(z)) ≈ f(D(z))
+(`gradop.toy.distill --cut-tiny`, the toy's analogue).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.autoencoders.vae import Decoder, DecoderOutput
+from diffusers.models.activations import get_activation
+from diffusers.models.autoencoders.vae import Decoder, DecoderOutput, DecoderTiny
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -101,6 +107,74 @@ class TruncatedDecoder(ModelMixin, ConfigMixin):
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         image = self.head(self.features(z))
+        return DecoderOutput(sample=image) if return_dict else (image,)
+
+    def forward(self, z: torch.Tensor):
+        return self.decode(z)
+
+
+class TruncatedTinyDecoder(ModelMixin, ConfigMixin):
+    """`AutoencoderTiny`'s decoder (TAESD's) without its last `upsamplings_cut` upsamplings, with a head of
+    `head_channels` to RGB, upsampled bilinearly to the full size; a `painting_decoder=` for GradOP:
+
+        D̃(z) = up(head(trunk(3 tanh(z / 3))))      (TAESD clamps its latents the same way)
+
+    The config names are `AutoencoderTiny`'s, so that `from_tiny` copies the trunk by parameter name."""
+
+    HEAD = ("head.",)  # the learnt part's parameter names; `decoder.layers` are TAESD's
+
+    @register_to_config
+    def __init__(self, latent_channels: int = 4, decoder_block_out_channels: tuple = (64, 64, 64, 64),
+                 num_decoder_blocks: tuple = (3, 3, 3, 1), upsampling_scaling_factor: int = 2, act_fn: str = "relu",
+                 upsample_fn: str = "nearest", scaling_factor: float = 1.0, shift_factor: float = 0.0,
+                 force_upcast: bool = False, upsamplings_cut: int = 2, head_channels: int = 32):
+        super().__init__()
+        upsamplings = len(num_decoder_blocks) - 1
+        for name, value in (("upsamplings_cut", upsamplings_cut), ("head_channels", head_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if upsamplings_cut > upsamplings:
+            raise ValueError(f"upsamplings_cut must be between 1 and {upsamplings} (the decoder upsamples "
+                             f"{upsamplings} times), got {upsamplings_cut}")
+        trunk = DecoderTiny(in_channels=latent_channels, out_channels=3, num_blocks=tuple(num_decoder_blocks),
+                            block_out_channels=tuple(decoder_block_out_channels),
+                            upsampling_scaling_factor=upsampling_scaling_factor, act_fn=act_fn, upsample_fn=upsample_fn)
+        layers = list(trunk.layers)
+        cut = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)][-upsamplings_cut]
+        trunk.layers = nn.Sequential(*layers[:cut])  # ends with the blocks before that upsampling
+        self.decoder = trunk
+        channels = list(decoder_block_out_channels)[upsamplings - upsamplings_cut]
+        self.head = nn.Sequential(nn.Conv2d(channels, head_channels, 3, padding=1), get_activation(act_fn),
+                                  nn.Conv2d(head_channels, 3, 3, padding=1))
+        self.upscale = upsampling_scaling_factor ** upsamplings_cut
+
+    @classmethod
+    def from_tiny(cls, tiny: AutoencoderTiny, upsamplings_cut: int = 2,
+                  head_channels: int = 32) -> "TruncatedTinyDecoder":
+        """The trunk of `tiny`'s decoder (its weights copied) and a fresh head."""
+        if not isinstance(tiny, AutoencoderTiny):
+            raise TypeError(f"tiny must be a diffusers AutoencoderTiny (TAESD's class; its decoder is what is cut), "
+                            f"got {type(tiny).__name__}")
+        c = tiny.config
+        model = cls(latent_channels=c.latent_channels, decoder_block_out_channels=tuple(c.decoder_block_out_channels),
+                    num_decoder_blocks=tuple(c.num_decoder_blocks),
+                    upsampling_scaling_factor=c.upsampling_scaling_factor, act_fn=c.act_fn,
+                    upsample_fn=c.upsample_fn, scaling_factor=c.scaling_factor, shift_factor=c.shift_factor,
+                    force_upcast=bool(c.force_upcast), upsamplings_cut=upsamplings_cut, head_channels=head_channels)
+        source = tiny.state_dict()
+        trunk = {k: v for k, v in model.state_dict().items() if not k.startswith(cls.HEAD)}
+        model.load_state_dict({k: source[k] for k in trunk}, strict=False)  # same config: the same names and shapes
+        model = model.to(tiny.device)
+        return model if model.dtype == tiny.dtype else model.to(dtype=tiny.dtype)
+
+    def head_parameters(self):
+        """What distillation learns: the head (the trunk stays TAESD's)."""
+        return list(self.head.parameters())
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        image = self.head(self.decoder.layers(torch.tanh(z / 3) * 3))
+        image = F.interpolate(image, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        image = image.mul(2).sub(1)  # TAESD's [0, 1] to diffusers' [-1, 1]
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(self, z: torch.Tensor):

@@ -410,22 +410,45 @@ def test_the_old_keyword_guidance_decoder_still_works_with_a_warning(pipe, paint
         guided(pipe, painting, guidance_decoderr=pipe.vae)
 
 
-def test_decoder_cuts_measures_tiny_decoders_cut_at_the_resolution_it_names():
-    """benchmarks/decoder_cuts.py: TAESD's layers up to an upsampling, then a head, back to the full size."""
-    import sys
-
+def test_a_truncated_tiny_decoder_is_taesds_own_layers_up_to_an_upsampling_and_a_head(toy, tmp_path):
+    """`TruncatedTinyDecoder.from_tiny`: TAESD's layers (its weights, by hand through `AutoencoderTiny`'s own
+    modules) up to the upsampling it names, then a head, back to the full size; only the head distils."""
     from diffusers import AutoencoderTiny
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from decoder_cuts import tiny_cut
+    from gradop.models import load_painting_decoder
+    from gradop.toy.distill import main as distill
+    from gradop.truncated_decoder import TruncatedTinyDecoder
 
+    torch.manual_seed(0)
     tiny = AutoencoderTiny(decoder_block_out_channels=(8, 8, 8, 8), encoder_block_out_channels=(8, 8, 8, 8)).eval()
     z = torch.randn(1, 4, 4, 4, requires_grad=True)
-    for cut in (1, 2):
-        trunk, _, _ = decoder = tiny_cut(tiny, cut)
-        assert all(mine is theirs for mine, theirs in zip(trunk, tiny.decoder.layers))  # TAESD's own layers
-        assert trunk(z).shape[-1] == 32 // 2 ** cut  # TAESD's 32² output at 4² latents, `cut` upsamplings short
-        image = decoder(z)
+    layers = tiny.decoder.layers  # conv, act, then per stage: blocks, upsample, conv (the last stage: blocks, conv)
+    for cut in (1, 2, 3):
+        decoder = TruncatedTinyDecoder.from_tiny(tiny, cut)
+        upsampling = [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.Upsample)][-cut]
+        with torch.no_grad():
+            by_hand = layers[:upsampling](torch.tanh(z / 3) * 3)  # TAESD clamps its latents first
+            torch.testing.assert_close(decoder.decoder.layers(torch.tanh(z / 3) * 3), by_hand, atol=0, rtol=0)
+        assert by_hand.shape[-1] == 32 // 2 ** cut  # TAESD's 32² output at 4² latents, `cut` upsamplings short
+        image = decoder.decode(z).sample
         assert image.shape == (1, 3, 32, 32)
         (gradient,) = torch.autograd.grad(image.square().mean(), z)
         assert gradient.abs().sum() > 0
+    with pytest.raises(ValueError, match="upsamplings_cut must be between 1 and 3"):
+        TruncatedTinyDecoder.from_tiny(tiny, 4)
+    with pytest.raises(TypeError, match="tiny must be a diffusers AutoencoderTiny"):
+        TruncatedTinyDecoder.from_tiny(torch.nn.Conv2d(4, 3, 1), 1)
+
+    # the toy's analogue: its small decoder cut at 32²; a few distillation steps learn the head alone
+    out = tmp_path / "cut"
+    assert distill(["--cut-tiny", "1", "--steps", "3", "--scenes", "8", "--batch", "4", "--out", str(out)]) == 0
+    loaded = load_painting_decoder(str(out))
+    assert isinstance(loaded, TruncatedTinyDecoder)
+    small = load_painting_decoder("toy").state_dict()
+    assert all(torch.equal(small[k], v) for k, v in loaded.state_dict().items() if not k.startswith("head."))
+    with pytest.raises(SystemExit):  # an experiment: it names its folder rather than overwrite a bundled one
+        distill(["--cut-tiny", "1", "--steps", "3"])
+    plus = toy.gradop_plus("a photo of a lake below snowy mountains", Image.open(TOY_PAINTING), num_inference_steps=10,
+                           grad_steps_per_iter=4, generator=gen(0), painting_decoder=loaded, output_type="pt")
+    assert torch.isfinite(plus.images).all()
+    assert all(float(w[-1].max()) < float(w[0].max()) for w in plus.loss_history)  # each window's loss falls

@@ -3,6 +3,7 @@ of the full decoder (`painting_decoder=`).
 
     python -m gradop.toy.distill --truncated 1 --steps 600 --scenes 1000   # the toy's own: model/painting_decoder/ (6 min)
     python -m gradop.toy.distill          # the small opt-in one, gradop/toy/painting_decoder/ (a few minutes)
+    python -m gradop.toy.distill --cut-tiny 1 --out DIR   # the small one cut at 32², TAESD's design for SD (3 min)
 
 With `--truncated K` it is a `TruncatedDecoder`: the VAE's own decoder, frozen, up to its K-th up block, and a
 learnt head. K = 1 (32² for the toy) is the model's default painting decoder: written into the model folder
@@ -10,6 +11,10 @@ learnt head. K = 1 (32² for the toy) is the model's default painting decoder: w
 carries it (`python -m gradop.toy.train` runs this as its last stage). Its realism and distance stay within the full
 decoder's intervals (benchmarks/RESULTS.md). Without `--truncated` it is an `AutoencoderTiny` (TAESD's class), opt-in
 (`load_painting_decoder("toy")`): faster, but its gradients cost realism (judged photo 0.68 against 0.96 at N = 24).
+With `--cut-tiny K --out DIR` it is a `TruncatedTinyDecoder`: that small decoder (or `--init`'s), frozen, without
+its last K upsamplings, and a learnt head (with `--learn-trunk`, the trunk learns too, from the small decoder's
+weights): the toy's analogue of TAESD cut short for Stable Diffusion. Its gradient agrees with the full decoder's
+as the whole small one's does (cosine 0.56 against 0.57), and it costs realism (benchmarks/RESULTS.md).
 
 The optimisation decodes *noisy* latents (GradOP+ works on z_t early in the schedule), so the student
 learns the teacher on z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε at every noise level, not only on clean latents.
@@ -39,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..models import TOY_MODEL, TOY_PAINTING_DECODER
 from ..painting import GaussianBlur
-from ..truncated_decoder import TruncatedDecoder
+from ..truncated_decoder import TruncatedDecoder, TruncatedTinyDecoder
 from .components import IMAGE_SIZE, PAINTING_SIGMA_FRACTION
 from .train import as_tensor, decode_images, encode_posteriors
 from .world import MODALITIES, make_scene
@@ -80,9 +85,12 @@ def distill(args, declare: bool = False) -> Path:
     images = as_tensor([s.renders[MODALITIES[i % len(MODALITIES)]] for i, s in enumerate(scenes)])  # every modality
     scribbles = as_tensor([s.painting for s in scenes])  # the probes y of the gradient term
     means, stds = encode_posteriors(teacher, images)
-    if args.truncated:  # the VAE's own decoder up to a lower resolution; only its head learns
-        student = TruncatedDecoder.from_vae(teacher, kept_up_blocks=args.truncated).requires_grad_(False)
-        learnt = student.head_parameters()
+    cut = args.truncated or args.cut_tiny  # cut short: its head learns (--learn-trunk: all), on blurred images
+    if cut:
+        student = (TruncatedDecoder.from_vae(teacher, kept_up_blocks=args.truncated) if args.truncated else
+                   TruncatedTinyDecoder.from_tiny(AutoencoderTiny.from_pretrained(args.init or TOY_PAINTING_DECODER),
+                                                  upsamplings_cut=args.cut_tiny)).requires_grad_(False)
+        learnt = list(student.parameters()) if args.learn_trunk else student.head_parameters()
         for parameter in learnt:
             parameter.requires_grad_(True)
     else:
@@ -102,8 +110,8 @@ def distill(args, declare: bool = False) -> Path:
         zt = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * torch.randn(z0.shape, generator=generator)
         target = decode_images(teacher, zt / scale)
         output = ((student.decode(zt / scale).sample + 1) / 2).clamp(0, 1)
-        # the truncated decoder's output is blurred by construction: it is held to what the painting loss sees
-        loss = F.l1_loss(blur(output), blur(target)) + (0 if args.truncated else F.l1_loss(output, target))
+        # a cut decoder's output is blurred by construction: it is held to what the painting loss sees
+        loss = F.l1_loss(blur(output), blur(target)) + (0 if cut else F.l1_loss(output, target))
         if args.gradient_weight:
             probes = scribbles[torch.randint(len(scribbles), (args.batch,), generator=generator)]
             wanted = painting_gradient(teacher, zt, probes, blur, scale)
@@ -117,7 +125,7 @@ def distill(args, declare: bool = False) -> Path:
     student.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(args.out, safe_serialization=True)
-    if not args.truncated:  # AutoencoderTiny saves an alias `block_out_channels` its own loader then warns about
+    if not cut:  # AutoencoderTiny saves an alias `block_out_channels` its own loader then warns about
         config = json.loads((args.out / "config.json").read_text())
         config.pop("block_out_channels", None)
         write_json(args.out / "config.json", config)
@@ -144,13 +152,24 @@ def main(argv=None) -> int:
     p.add_argument("--truncated", type=int, default=0, metavar="K",
                    help="distil a TruncatedDecoder instead: the VAE decoder's first K up blocks and a learnt head "
                         "(toy: K = 1 stops at 32², where the painting blur keeps 6 %% of the Nyquist frequency)")
+    p.add_argument("--cut-tiny", type=int, default=0, metavar="K",
+                   help="distil a TruncatedTinyDecoder (needs --out): the small decoder (--init's, else the bundled "
+                        "one) without its last K upsamplings, and a learnt head (toy: K = 1 stops at 32²)")
+    p.add_argument("--learn-trunk", action="store_true",
+                   help="with --cut-tiny: the trunk learns too (starting from the small decoder's weights)")
     p.add_argument("--gradient-weight", type=float, default=0.0,
                    help="weight of matching the teacher's painting-loss gradient (0: images only, as bundled)")
     args = p.parse_args(argv)
     if args.truncated < 0:
         p.error(f"--truncated must be 0 (an AutoencoderTiny) or a number of up blocks kept, got {args.truncated}")
-    if args.truncated and args.init:
-        p.error("--init starts an AutoencoderTiny from a folder; --truncated starts from the VAE itself: pass one")
+    if args.truncated and (args.init or args.cut_tiny):
+        p.error("--truncated starts from the VAE itself; --init and --cut-tiny start from an AutoencoderTiny: pass one")
+    if args.cut_tiny < 0 or args.cut_tiny > 2:
+        p.error(f"--cut-tiny must be 1 or 2 (the toy's small decoder upsamples twice), got {args.cut_tiny}")
+    if args.learn_trunk and not args.cut_tiny:
+        p.error("--learn-trunk goes with --cut-tiny (a TruncatedDecoder's trunk is the VAE's own, kept frozen)")
+    if args.cut_tiny and args.out is None:
+        p.error("--cut-tiny needs --out: it is an experiment, not one of the bundled decoders")
     for part, config in (("vae", "config.json"), ("scheduler", "scheduler_config.json")):
         if not (args.model / part / config).is_file():
             p.error(f"--model must be a pipeline folder with {part}/{config} (e.g. gradop/toy/model), got {args.model}")
