@@ -33,7 +33,7 @@ from .optimize import PaintingGuide, check_painting_decoder
 from .painting import get_painting_function
 from .regions import AttentionStore, RegionBinding, attention_control, bind_regions, parse_regions
 from .schedulers import make_scheduler
-from .truncated_decoder import TruncatedDecoder  # imported here so that a saved pipeline holding one reloads
+from .truncated_decoder import TruncatedDecoder, TruncatedTinyDecoder  # so that a saved pipeline holding one reloads
 
 
 @dataclass
@@ -136,10 +136,11 @@ class GradOPPipeline(DiffusionPipeline):
         unet ([`UNet2DConditionModel`]): the text-conditioned denoiser.
         scheduler ([`SchedulerMixin`]): any diffusers scheduler; `from_pretrained` defaults to the
             released DDIM configuration (`gradop.schedulers.RELEASED_DDIM_CONFIG`).
-        painting_decoder ([`AutoencoderTiny`] or [`TruncatedDecoder`], *optional*): a cheaper decoder that GradOP and
-            GradOP+'s painting loss differentiates through instead of the VAE's when a call passes none. Stable
-            Diffusion checkpoints have none (the release's full-decoder optimisation); the toy model ships one, its
-            VAE's decoder cut at 32² with a distilled head (as realistic, a third of the cost: README, "Speed").
+        painting_decoder ([`AutoencoderTiny`], [`TruncatedDecoder`] or [`TruncatedTinyDecoder`], *optional*): a
+            cheaper decoder that GradOP and GradOP+'s painting loss differentiates through instead of the VAE's
+            when a call passes none. Stable Diffusion checkpoints have none (the release's full-decoder
+            optimisation); the toy model ships one, its VAE's decoder cut at 32² with a distilled head (as
+            realistic, a third of the cost: README, "Speed").
             `painting_decoder=pipe.vae` in a call goes through the full VAE instead; `load_painting_decoder("toy")`
             (a small `AutoencoderTiny`, less realistic) is the other opt-in.
             (Called `guidance_decoder` before; "guidance" here means classifier-free guidance only.)
@@ -158,7 +159,7 @@ class GradOPPipeline(DiffusionPipeline):
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: SchedulerMixin,
-                 painting_decoder: AutoencoderTiny | TruncatedDecoder | None = None,
+                 painting_decoder: AutoencoderTiny | TruncatedDecoder | TruncatedTinyDecoder | None = None,
                  painting_sigma_fraction: float | None = None, method_defaults: dict | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

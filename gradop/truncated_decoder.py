@@ -130,12 +130,19 @@ class TruncatedTinyDecoder(ModelMixin, ConfigMixin):
                  force_upcast: bool = False, upsamplings_cut: int = 2, head_channels: int = 32):
         super().__init__()
         upsamplings = len(num_decoder_blocks) - 1
-        for name, value in (("upsamplings_cut", upsamplings_cut), ("head_channels", head_channels)):
+        for name, value in (("upsamplings_cut", upsamplings_cut), ("head_channels", head_channels),
+                            ("upsampling_scaling_factor", upsampling_scaling_factor)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if len(decoder_block_out_channels) != len(num_decoder_blocks):
+            raise ValueError(f"decoder_block_out_channels and num_decoder_blocks need one entry per stage, got "
+                             f"{len(decoder_block_out_channels)} and {len(num_decoder_blocks)}")
+        if upsamplings < 1:
+            raise ValueError(f"a decoder of {len(num_decoder_blocks)} stage(s) has no upsampling to cut: it needs 2 "
+                             "stages or more")
         if upsamplings_cut > upsamplings:
             raise ValueError(f"upsamplings_cut must be between 1 and {upsamplings} (the decoder upsamples "
-                             f"{upsamplings} times), got {upsamplings_cut}")
+                             f"{upsamplings} time{'s' if upsamplings > 1 else ''}), got {upsamplings_cut}")
         trunk = DecoderTiny(in_channels=latent_channels, out_channels=3, num_blocks=tuple(num_decoder_blocks),
                             block_out_channels=tuple(decoder_block_out_channels),
                             upsampling_scaling_factor=upsampling_scaling_factor, act_fn=act_fn, upsample_fn=upsample_fn)
@@ -155,6 +162,9 @@ class TruncatedTinyDecoder(ModelMixin, ConfigMixin):
         if not isinstance(tiny, AutoencoderTiny):
             raise TypeError(f"tiny must be a diffusers AutoencoderTiny (TAESD's class; its decoder is what is cut), "
                             f"got {type(tiny).__name__}")
+        if any(parameter.is_meta for parameter in tiny.parameters()):
+            raise ValueError("tiny has weights that were never loaded (meta tensors): load a folder of an "
+                             "AutoencoderTiny's own weights")
         c = tiny.config
         model = cls(latent_channels=c.latent_channels, decoder_block_out_channels=tuple(c.decoder_block_out_channels),
                     num_decoder_blocks=tuple(c.num_decoder_blocks),

@@ -410,7 +410,7 @@ def test_the_old_keyword_guidance_decoder_still_works_with_a_warning(pipe, paint
         guided(pipe, painting, guidance_decoderr=pipe.vae)
 
 
-def test_a_truncated_tiny_decoder_is_taesds_own_layers_up_to_an_upsampling_and_a_head(toy, tmp_path):
+def test_a_truncated_tiny_decoder_is_taesds_own_layers_up_to_an_upsampling_and_a_head(toy, tmp_path, capsys):
     """`TruncatedTinyDecoder.from_tiny`: TAESD's layers (its weights, by hand through `AutoencoderTiny`'s own
     modules) up to the upsampling it names, then a head, back to the full size; only the head distils."""
     from diffusers import AutoencoderTiny
@@ -438,6 +438,11 @@ def test_a_truncated_tiny_decoder_is_taesds_own_layers_up_to_an_upsampling_and_a
         TruncatedTinyDecoder.from_tiny(tiny, 4)
     with pytest.raises(TypeError, match="tiny must be a diffusers AutoencoderTiny"):
         TruncatedTinyDecoder.from_tiny(torch.nn.Conv2d(4, 3, 1), 1)
+    for config, message in [(dict(decoder_block_out_channels=(8, 8, 8)), "one entry per stage"),
+                            (dict(decoder_block_out_channels=(8,), num_decoder_blocks=(1,)), "no upsampling to cut"),
+                            (dict(upsampling_scaling_factor=0), "upsampling_scaling_factor must be a whole number")]:
+        with pytest.raises(ValueError, match=message):
+            TruncatedTinyDecoder(**config)
 
     # the toy's analogue: its small decoder cut at 32²; a few distillation steps learn the head alone
     out = tmp_path / "cut"
@@ -446,8 +451,17 @@ def test_a_truncated_tiny_decoder_is_taesds_own_layers_up_to_an_upsampling_and_a
     assert isinstance(loaded, TruncatedTinyDecoder)
     small = load_painting_decoder("toy").state_dict()
     assert all(torch.equal(small[k], v) for k, v in loaded.state_dict().items() if not k.startswith("head."))
-    with pytest.raises(SystemExit):  # an experiment: it names its folder rather than overwrite a bundled one
-        distill(["--cut-tiny", "1", "--steps", "3"])
+    # refused before any work: an experiment names its folder rather than overwrite a bundled one, and starts
+    # from an AutoencoderTiny that upsamples as the VAE does
+    from gradop.models import TOY_MODEL, TOY_PAINTING_DECODER
+
+    for argv, message in [([], "--cut-tiny needs --out"), (["--out", str(TOY_PAINTING_DECODER)], "already holds a model"),
+                          (["--out", str(TOY_PAINTING)], "--out must be a folder"),
+                          (["--out", str(out), "--init", str(TOY_MODEL / "vae")], "config names AutoencoderKL"),
+                          (["--out", str(out), "--cut-tiny", "3"], "--cut-tiny must be between 1 and 2")]:
+        with pytest.raises(SystemExit):
+            distill(["--cut-tiny", "1", "--steps", "3", *argv])
+        assert message in capsys.readouterr().err
     plus = toy.gradop_plus("a photo of a lake below snowy mountains", Image.open(TOY_PAINTING), num_inference_steps=10,
                            grad_steps_per_iter=4, generator=gen(0), painting_decoder=loaded, output_type="pt")
     assert torch.isfinite(plus.images).all()

@@ -136,6 +136,27 @@ def distill(args, declare: bool = False) -> Path:
     return args.out
 
 
+def check_tiny_source(p: argparse.ArgumentParser, args) -> None:
+    """`--init` (else the bundled small decoder) must be an AutoencoderTiny folder that upsamples as the VAE
+    does, with more upsamplings than `--cut-tiny` cuts."""
+    source = args.init or TOY_PAINTING_DECODER
+    try:
+        config = json.loads((source / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        p.error(f"--init must be a folder of an AutoencoderTiny (its config.json and weights), got {source} ({err})")
+    if not isinstance(config, dict) or config.get("_class_name") != "AutoencoderTiny":
+        kind = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        p.error(f"--init must be a folder of an AutoencoderTiny; {source}'s config names {kind}")
+    upsamplings = len(config.get("num_decoder_blocks", (3, 3, 3, 1))) - 1
+    factor = config.get("upsampling_scaling_factor", 2) ** upsamplings
+    wanted = 2 ** (len(AutoencoderKL.load_config(args.model / "vae")["block_out_channels"]) - 1)
+    if factor != wanted:
+        p.error(f"--init's decoder upsamples by {factor}, the VAE's by {wanted}: distil from one that matches")
+    if args.cut_tiny > upsamplings:
+        p.error(f"--cut-tiny must be between 1 and {upsamplings} (--init's decoder upsamples {upsamplings} "
+                f"time{'s' if upsamplings > 1 else ''}), got {args.cut_tiny}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=TOY_MODEL,
@@ -164,8 +185,8 @@ def main(argv=None) -> int:
         p.error(f"--truncated must be 0 (an AutoencoderTiny) or a number of up blocks kept, got {args.truncated}")
     if args.truncated and (args.init or args.cut_tiny):
         p.error("--truncated starts from the VAE itself; --init and --cut-tiny start from an AutoencoderTiny: pass one")
-    if args.cut_tiny < 0 or args.cut_tiny > 2:
-        p.error(f"--cut-tiny must be 1 or 2 (the toy's small decoder upsamples twice), got {args.cut_tiny}")
+    if args.cut_tiny < 0:
+        p.error(f"--cut-tiny must be 0 (none) or a number of upsamplings cut, got {args.cut_tiny}")
     if args.learn_trunk and not args.cut_tiny:
         p.error("--learn-trunk goes with --cut-tiny (a TruncatedDecoder's trunk is the VAE's own, kept frozen)")
     if args.cut_tiny and args.out is None:
@@ -173,6 +194,14 @@ def main(argv=None) -> int:
     for part, config in (("vae", "config.json"), ("scheduler", "scheduler_config.json")):
         if not (args.model / part / config).is_file():
             p.error(f"--model must be a pipeline folder with {part}/{config} (e.g. gradop/toy/model), got {args.model}")
+    if args.init or args.cut_tiny:  # the AutoencoderTiny it starts from, checked before minutes of scenes
+        check_tiny_source(p, args)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        p.error(f"--out must be a folder (it is made if missing), got the file {args.out}")
+    if args.cut_tiny and (args.out / "config.json").is_file():  # an experiment replaces only its own kind
+        kind = json.loads((args.out / "config.json").read_text()).get("_class_name")
+        if kind != "TruncatedTinyDecoder":
+            p.error(f"--out {args.out} already holds a model ({kind}): give --cut-tiny a folder of its own")
     if args.out is None and not args.truncated and args.model.resolve() != TOY_MODEL.resolve():
         p.error("--model other than the bundled toy model needs --out: the small decoder's default folder is the "
                 "package's gradop/toy/painting_decoder/")
