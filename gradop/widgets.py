@@ -440,17 +440,24 @@ class SynthesisPanel(widgets.VBox):
         num_inference_steps (`int`, *optional*, defaults to 50).
         work_size (`int`, *optional*): the longer side the model works at; defaults to the model's native size
             (64 for the toy model, 512 for Stable Diffusion v1).
+        judge (*optional*): a patch judge (`gradop.toy.judge.load_judge()`, toy-world images only) for a realism
+            figure beside each result; every result shows how many painted regions it kept
+            (`gradop.metrics.regions_kept`).
     """
 
     def __init__(self, pipe, pad: ScribblePad, prompt: str = "", seed: int = 0, num_inference_steps: int = 50,
-                 work_size: int | None = None):
+                 work_size: int | None = None, judge=None):
         if not isinstance(pad, ScribblePad):
             raise TypeError(f"pad must be a ScribblePad, got {type(pad).__name__}")
+        if judge is not None and not callable(getattr(judge, "modality_verdicts", None)):
+            raise TypeError(f"judge must be a patch judge with modality_verdicts(images), e.g. "
+                            f"gradop.toy.judge.load_judge(), or None; got {type(judge).__name__}")
         factor = pipe.vae_scale_factor
         work_size = work_size or native_size(pipe)
         self.work_height, self.work_width = scaled_size(*pad.size, work_size, factor)
-        self.pipe, self.pad = pipe, pad
+        self.pipe, self.pad, self.judge = pipe, pad, judge
         self.images: list[PIL.Image.Image] = []  # every result, in order (the gallery shows the last 8)
+        self.scores: list[dict] = []  # beside each result: regions kept (of those painted) and realism (with a judge)
         self.last_error: Exception | None = None
         self._stop_requested = False
         self._worker: threading.Thread | None = None
@@ -541,7 +548,7 @@ class SynthesisPanel(widgets.VBox):
         method = method or self.method.value
         strength = float(self.strength.value if strength is None else strength)
         self._stop_requested = False
-        strokes = len(self.pad.strokes)  # the painting this run is given, should the user draw meanwhile
+        strokes, painting = len(self.pad.strokes), self.pad.image  # what this run is given, should the user draw
         self.status.value = f"{method}: running…"
         self.generate_button.disabled = self.compare_button.disabled = True
         self.stop_button.disabled = False
@@ -559,13 +566,34 @@ class SynthesisPanel(widgets.VBox):
             self.status.value = f"{method}: stopped after step {self.progress.value}"
             return None
         self.images.append(image)
+        self.scores.append(self.score(image, painting))
         self._show_large(image)
         takes_strength = "strength" in PANEL_METHODS[method].uses
         caption = (f"{method}" + (f" {strength:g}" if takes_strength else "") + f", seed {self.seed.value}"
                    + (f", {len(self.pad.regions)} regions" if self.pad.regions else ""))
-        self.gallery.children = (self.gallery.children + (_tile(image, caption),))[-8:]
-        self.status.value = f"{caption}: done ({strokes} stroke(s), image {image.width}x{image.height})"
+        kept, realism = self.scores[-1]["regions_kept"], self.scores[-1]["realism"]
+        judged = f"{kept[0]}/{kept[1]} kept" + (f", realism {realism:.2f}" if realism is not None else "")
+        self.gallery.children = (self.gallery.children + (_tile(image, f"{caption}; {judged}"),))[-8:]
+        self.status.value = (f"{caption}: done ({strokes} stroke(s), image {image.width}x{image.height}); "
+                             f"{kept[0]} of {kept[1]} painted regions kept, painting distance "
+                             f"{self.scores[-1]['distance']:.4f}"
+                             + (f", judged photo {realism:.2f}" if realism is not None else ""))
         return image
+
+    def score(self, image: PIL.Image.Image, painting: PIL.Image.Image) -> dict:
+        """regions_kept: (kept, painted), the painted regions of at least 3 % of the image whose blurred colour the
+        image keeps within 0.2; distance: the painting distance; realism: the judge's photo share, None without
+        a judge."""
+        from .metrics import painting_distance, realism, regions_kept
+
+        from .callback_pipeline import CallbackPipeline
+
+        sigma = self.pipe.painting_sigma_fraction if isinstance(self.pipe, CallbackPipeline) else \
+            self.pipe.config.get("painting_sigma_fraction")  # the model's painting blur (None: the release's)
+        kept = regions_kept(image, painting, sigma_fraction=sigma)[0]
+        distance = float(painting_distance(image, painting, sigma_fraction=sigma))
+        judged = None if self.judge is None else realism(image, self.judge).item()
+        return {"regions_kept": (int(kept.sum()), kept.numel()), "distance": distance, "realism": judged}
 
     def _show_large(self, image) -> None:
         self.output.value = _png(image.resize((256, 256 * image.height // image.width), PIL.Image.NEAREST))

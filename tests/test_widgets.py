@@ -251,6 +251,30 @@ def test_compare_runs_every_method_on_the_same_seed(panel):
         panel.synthesize("img2img")
 
 
+def test_each_result_shows_the_regions_it_kept_and_with_a_judge_its_realism(pipe, pad):
+    """The panel's figures are the metrics' own on the image and the painting the run was given."""
+    from gradop.metrics import painting_distance, realism, regions_kept
+    from gradop.toy.judge import load_judge
+
+    pad.set_color(RED)
+    drag(pad, [(10, 40), (80, 40)])
+    judge = load_judge()
+    panel = SynthesisPanel(pipe, pad, prompt="a red house", num_inference_steps=4, work_size=64, judge=judge)
+    painting = pad.image
+    image = panel.generate()
+    kept = regions_kept(image, painting, sigma_fraction=pipe.config.get("painting_sigma_fraction"))[0]
+    distance = painting_distance(image, painting, sigma_fraction=pipe.config.get("painting_sigma_fraction"))
+    assert panel.scores[-1] == {"regions_kept": (int(kept.sum()), kept.numel()), "distance": float(distance),
+                                "realism": realism(image, judge).item()}
+    assert f"{int(kept.sum())} of {kept.numel()} painted regions kept" in panel.status.value
+    assert "judged photo" in panel.status.value and "kept" in panel.gallery.children[-1].children[1].value
+    plain = SynthesisPanel(pipe, pad, prompt="a red house", num_inference_steps=4, work_size=64)
+    plain.generate()
+    assert plain.scores[-1]["realism"] is None and "judged photo" not in plain.status.value
+    with pytest.raises(TypeError, match="judge must be a patch judge"):
+        SynthesisPanel(pipe, pad, judge="toy")
+
+
 def test_panel_needs_a_pad(pipe):
     with pytest.raises(TypeError, match="pad"):
         SynthesisPanel(pipe, pad=PIL.Image.new("RGB", (8, 8)))
