@@ -28,6 +28,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
+def _check_whole(**values) -> None:
+    """Each keyword's value is a whole number of at least 1 (a count of blocks, channels or upsamplings)."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
 class TruncatedDecoder(ModelMixin, ConfigMixin):
     """`AutoencoderKL`'s decoder, cut after `kept_up_blocks` up blocks, with a head of `head_channels` to RGB;
     a `painting_decoder=` for GradOP (`decode(z).sample`, the VAE's `scaling_factor`, `shift_factor` and
@@ -42,9 +49,7 @@ class TruncatedDecoder(ModelMixin, ConfigMixin):
                  force_upcast: bool = False, kept_up_blocks: int = 1, head_channels: int = 32):
         super().__init__()
         blocks = len(block_out_channels)
-        for name, value in (("kept_up_blocks", kept_up_blocks), ("head_channels", head_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        _check_whole(kept_up_blocks=kept_up_blocks, head_channels=head_channels)
         if blocks < 2 or kept_up_blocks >= blocks:
             raise ValueError(f"kept_up_blocks must be between 1 and {blocks - 1} (the decoder has {blocks} up "
                              f"blocks; a cut needs at least 2), got {kept_up_blocks}")
@@ -130,10 +135,8 @@ class TruncatedTinyDecoder(ModelMixin, ConfigMixin):
                  force_upcast: bool = False, upsamplings_cut: int = 2, head_channels: int = 32):
         super().__init__()
         upsamplings = len(num_decoder_blocks) - 1
-        for name, value in (("upsamplings_cut", upsamplings_cut), ("head_channels", head_channels),
-                            ("upsampling_scaling_factor", upsampling_scaling_factor)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        _check_whole(upsamplings_cut=upsamplings_cut, head_channels=head_channels,
+                     upsampling_scaling_factor=upsampling_scaling_factor)
         if len(decoder_block_out_channels) != len(num_decoder_blocks):
             raise ValueError(f"decoder_block_out_channels and num_decoder_blocks need one entry per stage, got "
                              f"{len(decoder_block_out_channels)} and {len(num_decoder_blocks)}")

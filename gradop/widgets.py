@@ -584,9 +584,8 @@ class SynthesisPanel(widgets.VBox):
         """regions_kept: (kept, painted), the painted regions of at least 3 % of the image whose blurred colour the
         image keeps within 0.2; distance: the painting distance; realism: the judge's photo share, None without
         a judge."""
-        from .metrics import painting_distance, realism, regions_kept
-
         from .callback_pipeline import CallbackPipeline
+        from .metrics import painting_distance, realism, regions_kept
 
         sigma = self.pipe.painting_sigma_fraction if isinstance(self.pipe, CallbackPipeline) else \
             self.pipe.config.get("painting_sigma_fraction")  # the model's painting blur (None: the release's)
