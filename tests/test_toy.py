@@ -306,7 +306,7 @@ def test_vae_reconstructs_every_modality(toy):
         with torch.no_grad():
             recons[m] = ((toy.vae.decode(toy.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
         assert 10 * torch.log10(1 / (f(recons[m]) - f(x)).square().mean()) >= 25, m  # measured 26.9-29.4 dB
-        assert texture_energy(recons[m]).mean() >= 0.7 * texture_energy(x).mean(), m  # measured 0.78-0.87
+        assert texture_energy(recons[m]).mean() >= 0.7 * texture_energy(x).mean(), m  # measured 0.71-1.08
         assert realism(recons[m], judge, m).mean() >= 0.9, m
     grain = {m: [_grain_power_share((r.permute(1, 2, 0).numpy() * 255).astype(np.uint8)) for r in recons[m]]
              for m in ("photo", "painting")}
@@ -584,3 +584,18 @@ def test_bootstrap_intervals_of_the_report():
     mean, lo, hi = bootstrap([0.0, 1.0, float("nan")] * 20)  # NaNs (regions with no whole patch) are dropped
     assert mean == 0.5 and 0.3 < lo < 0.5 < hi < 0.7  # binomial: 0.5 ± 1.96·√(0.25/40) = 0.5 ± 0.155
     assert fmt((0.5, 0.4, 0.6)) == "0.50 [0.40, 0.60]"
+
+
+def test_texture_kept_tells_the_same_texture_from_none_and_from_another_orientation():
+    from gradop.toy.evaluate import texture_kept
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    blades = (0.5 + 0.2 * torch.sin(xx * torch.pi / 2)).expand(1, 3, 32, 32)  # vertical lines, period 4 px
+    ripples = (0.5 + 0.2 * torch.sin(yy * torch.pi / 2)).expand(1, 3, 32, 32)  # the same, horizontal
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[:, :, 24:] = 1  # a strip of class 1: 8 px wide, 4 inside its border of 2, 128 pixels: too few to count
+    assert texture_kept(blades, blades, labels) == {"sky": pytest.approx(1.0)}
+    assert texture_kept(blades, 0.3 + 0.5 * blades, labels)["sky"] == pytest.approx(1.0)  # contrast and level free
+    assert abs(texture_kept(blades, ripples, labels)["sky"]) < 0.05  # the wrong orientation counts as none
+    assert texture_kept(blades, torch.full_like(blades, 0.5), labels)["sky"] == 0  # flat: none (no 0/0)
+    assert texture_kept(blades, 1 - blades, labels)["sky"] == pytest.approx(-1.0)

@@ -65,6 +65,29 @@ def phrase_of(name: str) -> str:
     return "mountains" if name == "mountain" else PHRASES[name]
 
 
+def texture_kept(originals, reconstructions, labels, border: int = 2, min_pixels: int = 200) -> dict[str, float]:
+    """Per class, how much of the originals' texture comes back in `reconstructions` ([N, 3, H, W] in [0, 1]): the
+    correlation of their texture (grey level minus its 5x5 box blur) over the class's pixels at least `border` px
+    inside it (edges are not texture), all images pooled; classes with fewer than `min_pixels` such pixels are left
+    out. 1: the same texture, drawn where it was; 0: none, or another one (horizontal lines for vertical blades)."""
+    import kornia
+
+    def texture(x):
+        grey = x.mean(1, keepdim=True)
+        return (grey - kornia.filters.box_blur(grey, (5, 5), border_type="replicate"))[:, 0]
+
+    a, b = texture(originals), texture(reconstructions)
+    kept = {}
+    for c, name in enumerate(CLASSES):
+        mask = (labels == c).float()[:, None]
+        inner = -torch.nn.functional.max_pool2d(-mask, 2 * border + 1, stride=1, padding=border)[:, 0] > 0.5
+        if inner.sum() < min_pixels:
+            continue
+        x, y = a[inner] - a[inner].mean(), b[inner] - b[inner].mean()
+        kept[name] = float((x * y).sum() / (x.norm() * y.norm()).clamp_min(1e-12))
+    return kept
+
+
 def region_bindings(scene) -> dict:
     """{painted colour: phrase} for every class the description names (the colour read off the scribble)."""
     words = set(scene.description.split())
@@ -130,7 +153,10 @@ def evaluate(args) -> Path:
     psnr = lambda a, b: (10 * torch.log10(1 / (a - b).square().flatten(1).mean(1))).numpy()  # noqa: E731
     recon = {m: vae_reconstruct(pipe.vae, x) for m, x in {**renders, "scribble": scribbles}.items()}
     lines += ["## VAE", "Reconstruction PSNR (dB): " + ", ".join(
-        f"{m} {fmt(bootstrap(psnr(recon[m], x)), 1)}" for m, x in {**renders, "scribble": scribbles}.items()) + "\n"]
+        f"{m} {fmt(bootstrap(psnr(recon[m], x)), 1)}" for m, x in {**renders, "scribble": scribbles}.items()) + "\n",
+              "Photo texture kept (`texture_kept`: correlation of each class's texture in the reconstruction with "
+              "the photo's; 1 = as drawn, 0 = none or another): " + ", ".join(
+                  f"{name} {v:.2f}" for name, v in texture_kept(photos, recon["photo"], labels).items()) + "\n"]
 
     # 1b. The painting scale: f must flatten a photo's texture (f(photo) near f(its scribble)) yet keep thin strokes
     lines += painting_scale(photos, scribbles, sigma_fraction)
